@@ -1,0 +1,99 @@
+"""Findings -> CDS Hooks cards. A card's text comes from its rule pack's ``card`` templates.
+
+Placeholders such as ``{trial.max_daily_mg}`` or ``{params.target_daily_mg}`` are filled
+with the facts that fired the rule (the first fact bound to each alias) and the rule's
+parameters; a field the record did not provide reads "unknown". The facts, the rule id,
+version and parameters travel with the card in its ``extension`` so anyone can see why it
+fired. A card that cannot be rendered is dropped and logged; the other cards still answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import uuid
+from typing import Any
+
+from cds_hooks.engine import Finding
+from cds_hooks.suggestions import SUGGESTION_BUILDERS, SuggestionInput
+from cds_hooks.terminology import Terminology
+
+log = logging.getLogger(__name__)
+
+CARD_EXTENSION = "neuropathic-pain-cds.why"
+SUMMARY_LIMIT = 140
+
+
+def render_cards(findings: list[Finding], patient_id: str, terminology: Terminology) -> list[dict]:
+    cards = []
+    for finding in findings:
+        try:
+            cards.append(render_card(finding, patient_id, terminology))
+        except Exception:
+            log.exception("rule %s: card could not be rendered; left out", finding.rule.id)
+    return cards
+
+
+def render_card(finding: Finding, patient_id: str, terminology: Terminology) -> dict:
+    rule, spec = finding.rule, finding.rule.card
+    values = {alias: _FactView(facts[0]) for alias, facts in finding.bindings.items()}
+    values["params"] = _FactView(rule.parameters)
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": _fit(_fill(spec.summary, values), SUMMARY_LIMIT),
+        "detail": _fill(spec.detail, values).strip(),
+        "indicator": spec.indicator,
+        "source": {"label": spec.source.label, "url": spec.source.url},
+    }
+    suggestions = _suggestions(finding, values, patient_id, terminology)
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = "any"
+    if spec.override_reasons:
+        card["overrideReasons"] = [r.model_dump() for r in spec.override_reasons]
+    if spec.links:
+        card["links"] = [{"label": link.label, "url": link.url, "type": "absolute"} for link in spec.links]
+    card["extension"] = {CARD_EXTENSION: {
+        "ruleId": rule.id, "ruleVersion": rule.version, "parameters": rule.parameters,
+        "facts": finding.bindings,
+    }}
+    return card
+
+
+def _suggestions(finding: Finding, values: dict, patient_id: str, terminology: Terminology) -> list[dict]:
+    rule = finding.rule
+    subject_alias = rule.card.one_per or next(iter(finding.bindings))
+    given = SuggestionInput(
+        subject=finding.first(subject_alias),
+        triggers=[fact for alias, kind in rule.aliases.items() if kind == "trigger" for fact in finding.bindings[alias]],
+        parameters=rule.parameters, patient_id=patient_id, terminology=terminology,
+    )
+    suggestions = []
+    for spec in rule.card.suggestions:
+        actions = SUGGESTION_BUILDERS[spec.kind](given)
+        if actions:
+            suggestions.append({"label": _fill(spec.label, values), "uuid": str(uuid.uuid4()), "actions": actions})
+    return suggestions
+
+
+class _FactView:
+    """Attribute access to a fact for str.format; absent fields read "unknown", whole floats as ints."""
+
+    def __init__(self, values: dict) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._values.get(name, "unknown")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return ", ".join(map(str, value))
+        return value
+
+
+def _fill(template: str, values: dict) -> str:
+    return string.Formatter().vformat(template, (), values)
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) < limit else text[: limit - 2].rstrip() + "…"

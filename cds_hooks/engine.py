@@ -1,0 +1,117 @@
+"""The durable_rules adapter: compiled rules in, findings out. Nothing else touches durable_rules.
+
+It guards the library's known hazards (design.md, "durable_rules: known hazards"):
+1. the C core is not thread-safe: every call goes through one process-wide lock;
+2. facts are partitioned by session id and at most 1024 sessions may live: every
+   evaluation gets a fresh sid, deleted in ``finally``;
+3. ``none(...)`` only sees facts asserted before the fact that completes the match: context
+   facts are asserted first and triggers last, whatever order the caller gives, and the
+   compiler puts trigger patterns last among the positive ones (rulebook.py);
+4. a fact that matches no rule raises MessageNotHandledException: ignored per fact; every
+   fact carries a unique id, so MessageObservedException cannot happen;
+5. a ruleset name registers once per host: each engine gets its own host and unique names;
+6. the host's background dispatch threads would call the core outside the lock; this host
+   does not start them (rules here have no timers or async actions).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from durable.engine import Host, MessageNotHandledException
+
+from cds_hooks.facts import FactSet
+from cds_hooks.rulebook import CompiledRule
+
+log = logging.getLogger(__name__)
+
+_CORE_LOCK = threading.Lock()
+_ruleset_names = itertools.count()
+
+
+@dataclass
+class Finding:
+    """One rule that fired for one concern, with every fact bound to each of its aliases."""
+
+    rule: CompiledRule
+    bindings: dict[str, list[dict]] = field(default_factory=dict)
+
+    def first(self, alias: str) -> dict:
+        return self.bindings[alias][0]
+
+
+class _SynchronousHost(Host):
+    def _run(self) -> None:
+        """Start no dispatch threads: actions run inside assert_fact, under the lock."""
+
+
+class RulesEngine:
+    def __init__(self, rules: list[CompiledRule]) -> None:
+        self.rules = rules
+        self._matches: dict[str, list[tuple[CompiledRule, dict[str, dict]]]] = {}
+        self._rulesets: dict[str, str] = {}  # hook -> ruleset name
+        definitions = {}
+        for hook in sorted({h for rule in rules for h in rule.hooks}):
+            name = f"{hook}-{next(_ruleset_names)}"
+            definitions[name] = {
+                f"r{i}": {"all": rule.condition, "run": self._collector(rule)}
+                for i, rule in enumerate(r for r in rules if hook in r.hooks)
+            }
+            self._rulesets[hook] = name
+        with _CORE_LOCK:
+            self._host = _SynchronousHost(definitions)
+
+    def evaluate(self, hook: str, facts: FactSet) -> list[Finding]:
+        """Run one hook's rules over one patient's facts in a session of its own."""
+        ruleset = self._rulesets.get(hook)
+        if ruleset is None:
+            return []
+        sid = uuid.uuid4().hex
+        with _CORE_LOCK:
+            self._matches[sid] = []
+            try:
+                for fact in facts.context + facts.triggers:  # triggers last: see hazard 3
+                    self._assert(ruleset, {**fact, "sid": sid})
+                matches = self._matches[sid]
+            finally:
+                del self._matches[sid]
+                self._host.delete_state(ruleset, sid)
+        return _merge(matches)
+
+    def live_sessions(self) -> int:
+        """Sessions currently held (0 between evaluations); for leak tests and health checks."""
+        return len(self._matches)
+
+    def _assert(self, ruleset: str, fact: dict) -> None:
+        try:
+            self._host.assert_fact(ruleset, fact)
+        except MessageNotHandledException:
+            pass  # no rule looks at this fact
+
+    def _collector(self, rule: CompiledRule):
+        def collect(c) -> None:
+            try:
+                # c._m holds the matched facts by alias; the public accessors wrap them one by one
+                bound = {alias: dict(c._m[alias]) for alias in rule.aliases}
+                self._matches[c.s.sid].append((rule, bound))
+            except Exception:
+                log.exception("rule %s failed while collecting its match", rule.id)
+        return collect
+
+
+def _merge(matches: list[tuple[CompiledRule, dict[str, dict]]]) -> list[Finding]:
+    """One finding per rule and concern (the card.one_per fact), whatever the number of matches."""
+    findings: dict[tuple[str, str], Finding] = {}
+    for rule, bound in matches:
+        concern = bound[rule.card.one_per]["id"] if rule.card.one_per else ""
+        finding = findings.setdefault((rule.id, concern), Finding(rule))
+        for alias, fact in bound.items():
+            fact.pop("sid", None)
+            facts = finding.bindings.setdefault(alias, [])
+            if all(f["id"] != fact["id"] for f in facts):
+                facts.append(fact)
+    return list(findings.values())

@@ -1,0 +1,130 @@
+"""Medication exposures: MedicationStatement and MedicationRequest history, one trial per ingredient.
+
+Titration is usually recorded as several requests (300 mg TID, then 600 mg TID...), and a
+statement may repeat what a request says; all records of one ingredient merge into one
+exposure. Days on therapy count the union of the records' periods, so overlaps are not
+counted twice and gaps are not counted at all. Anything that cannot be known (a stopped
+record without an end date, a dose that cannot be computed) is left out rather than guessed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from cds_hooks.dosage import daily_dose_mg
+from cds_hooks.fhir_read import codeable_texts, parse_date, reference_of
+from cds_hooks.terminology import Drug, Terminology
+
+_STATUS = {"active": "active", "on-hold": "active", "completed": "stopped", "stopped": "stopped"}
+_COURSE = {"ineffective": "stopped as ineffective", "adverse-effect": "stopped for an adverse effect",
+           "unknown": "stopped, reason not recorded"}
+
+
+@dataclass(frozen=True)
+class MedicationRecord:
+    """One MedicationStatement or MedicationRequest, read."""
+
+    reference: str
+    drug: Drug
+    status: str  # active | stopped
+    start: date | None
+    end: date | None  # for an active record: the evaluation date at the latest
+    daily_mg: float | None
+    dose_unknown_reason: str | None
+    stop_texts: list[str]
+
+
+def medication_records(resources: list[dict], terminology: Terminology, as_of: date) -> list[MedicationRecord]:
+    records = []
+    for resource in resources:
+        status = _STATUS.get(resource.get("status", ""))
+        drug = terminology.drug_for(_medication_concept(resource))
+        if status and drug:
+            records.append(_read_record(resource, drug, status, as_of))
+    return records
+
+
+def exposure_facts(records: list[MedicationRecord], terminology: Terminology) -> list[dict]:
+    by_ingredient: dict[str, list[MedicationRecord]] = defaultdict(list)
+    for record in records:
+        by_ingredient[record.drug.ingredient].append(record)
+    return [_exposure(ingredient, group, terminology) for ingredient, group in sorted(by_ingredient.items())]
+
+
+def _read_record(resource: dict, drug: Drug, status: str, as_of: date) -> MedicationRecord:
+    dosages = resource.get("dosageInstruction") or resource.get("dosage") or []
+    start, end = _period(resource, dosages)
+    if status == "active":
+        end = min(end or as_of, as_of)
+    dose = daily_dose_mg(dosages, drug.strength_mg)
+    reasons = resource.get("statusReason") or []
+    return MedicationRecord(
+        reference=reference_of(resource), drug=drug, status=status, start=start, end=end,
+        daily_mg=dose.mg, dose_unknown_reason=dose.unknown_reason,
+        stop_texts=codeable_texts(reasons if isinstance(reasons, list) else [reasons]),
+    )
+
+
+def _medication_concept(resource: dict) -> dict | None:
+    if "medicationCodeableConcept" in resource:
+        return resource["medicationCodeableConcept"]
+    ref = (resource.get("medicationReference") or {}).get("reference", "")
+    contained = {f"#{r.get('id')}": r for r in resource.get("contained", [])}
+    return contained.get(ref, {}).get("code")
+
+
+def _period(resource: dict, dosages: list[dict]) -> tuple[date | None, date | None]:
+    """Start and end of a record: effectivePeriod, else the dosage bounds, else the dispense validity."""
+    bounds = next((d.get("timing", {}).get("repeat", {}).get("boundsPeriod") for d in dosages
+                   if d.get("timing", {}).get("repeat", {}).get("boundsPeriod")), None)
+    period = (resource.get("effectivePeriod") or bounds
+              or resource.get("dispenseRequest", {}).get("validityPeriod") or {})
+    start = (parse_date(period.get("start")) or parse_date(resource.get("effectiveDateTime"))
+             or parse_date(resource.get("authoredOn")))
+    return start, parse_date(period.get("end"))
+
+
+def _exposure(ingredient: str, records: list[MedicationRecord], terminology: Terminology) -> dict:
+    records = sorted(records, key=lambda r: (r.end or date.max, r.start or date.min))
+    last = records[-1]
+    active = any(r.status == "active" for r in records)
+    stop_reason = "not-stopped" if active else terminology.stop_reason(last.stop_texts)
+    known_doses = [r.daily_mg for r in records if r.daily_mg is not None]
+    max_mg = max(known_doses, default=None)
+    fact = {
+        "kind": "medication", "id": f"medication:{ingredient}", "ingredient": ingredient,
+        "drug_class": last.drug.drug_class, "status": "active" if active else "stopped",
+        "course": "ongoing" if active else _COURSE[stop_reason], "stop_reason": stop_reason,
+        "dose_known": len(known_doses) == len(records),
+        "start": _iso(min((r.start for r in records if r.start), default=None)),
+        "end": None if active else _iso(last.end),
+        "days_on_therapy": _days_covered(records),
+        "max_daily_mg": max_mg,
+        "days_at_max": _days_covered([r for r in records if r.daily_mg == max_mg]) if max_mg else None,
+        "current_daily_mg": last.daily_mg if active else None,
+        "dose_unknown_reason": next((r.dose_unknown_reason for r in records if r.dose_unknown_reason), None),
+        "sources": [r.reference for r in records],
+    }
+    return {key: value for key, value in fact.items() if value is not None}
+
+
+def _days_covered(records: list[MedicationRecord]) -> int | None:
+    """Days covered by the union of the records' periods (FHIR period ends are inclusive).
+
+    None when any period has no start or, for a stopped record, no end.
+    """
+    if any(r.start is None or r.end is None for r in records):
+        return None
+    days, covered_until = 0, date.min
+    for record in sorted(records, key=lambda r: r.start):
+        start, end = max(record.start, covered_until), record.end + timedelta(days=1)
+        if end > start:
+            days += (end - start).days
+            covered_until = end
+    return days
+
+
+def _iso(day: date | None) -> str | None:
+    return day.isoformat() if day else None

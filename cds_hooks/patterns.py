@@ -1,0 +1,108 @@
+"""Compile a rule pack's ``where`` clauses into durable_rules condition JSON.
+
+The clause language (documented in README "Writing a rule"):
+
+    field: value                    equality
+    field: {lt|lte|gt|gte: value}   comparison; several operators in one mapping are ANDed
+    field: {not: value}             inequality
+    field: {in: [a, b]}             one of
+    field: {contains: value}        a list field holds the value (e.g. value_sets)
+    field: {exists: true|false}     the field is present / absent
+    any: [clause, ...]              OR of clause mappings
+    all: [clause, ...]              AND of clause mappings
+
+A value ``$name`` is the rule parameter ``name``; ``@alias.field`` is a field of an earlier
+fact in the same rule. A comparison on an absent field never matches, so unknown data
+(no dose, no date) stays silent. Every field and value is checked while compiling; the
+error says which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_COMPARISONS = {"lt": "$lt", "lte": "$lte", "gt": "$gt", "gte": "$gte", "not": "$neq"}
+
+
+class PatternError(ValueError):
+    """A clause that cannot be compiled; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a clause may name: the fact kind's fields, parameters, earlier aliases, known codes."""
+
+    fields: frozenset[str]
+    parameters: dict[str, Any]
+    aliases: dict[str, frozenset[str]]  # alias -> fields of its fact kind
+    vocabulary: dict[str, frozenset[str]]  # field -> allowed values (ingredient, drug_class, value_sets...)
+
+
+def compile_where(kind: str, where: dict, scope: Scope) -> dict:
+    return {"$and": [{"kind": kind}, *_clauses(where, scope)]}
+
+
+def _clauses(where: dict, scope: Scope) -> list[dict]:
+    if not isinstance(where, dict):
+        raise PatternError(f"expected a mapping of field: condition, got {where!r}")
+    return [_clause(field, spec, scope) for field, spec in where.items()]
+
+
+def _clause(field: str, spec: Any, scope: Scope) -> dict:
+    if field in ("any", "all"):
+        if not isinstance(spec, list) or not spec:
+            raise PatternError(f"'{field}' needs a non-empty list of clause mappings")
+        return {"$or" if field == "any" else "$and": [_and(_clauses(sub, scope)) for sub in spec]}
+    if field not in scope.fields:
+        raise PatternError(f"unknown field {field!r} (known: {', '.join(sorted(scope.fields))})")
+    if not isinstance(spec, dict):
+        return {field: _value(field, spec, scope)}
+    return _and([_operator(field, op, operand, scope) for op, operand in spec.items()])
+
+
+def _operator(field: str, op: str, operand: Any, scope: Scope) -> dict:
+    if op in _COMPARISONS:
+        return {_COMPARISONS[op]: {field: _value(field, operand, scope)}}
+    if op == "in":
+        values = _value(field, operand, scope, many=True)
+        return {"$or": [{field: v} for v in values]}
+    if op == "contains":
+        return {"$iany": {field: {"$i": _value(field, operand, scope)}}}
+    if op == "exists":
+        return {"$ex" if operand else "$nex": {field: 1}}
+    raise PatternError(f"{field}: unknown operator {op!r} (known: {', '.join([*_COMPARISONS, 'in', 'contains', 'exists'])})")
+
+
+def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
+    value = _resolve(raw, scope)
+    if isinstance(value, dict):  # a reference to another fact's field
+        return value
+    values = value if many else [value]
+    if many and (not isinstance(value, list) or not value):
+        raise PatternError(f"{field}: 'in' needs a non-empty list, got {value!r}")
+    allowed = scope.vocabulary.get(field)
+    unknown = [v for v in values if allowed is not None and v not in allowed]
+    if unknown:
+        raise PatternError(f"{field}: unknown value {unknown[0]!r} (not in the terminology under rules/)")
+    return value
+
+
+def _resolve(raw: Any, scope: Scope) -> Any:
+    if isinstance(raw, str) and raw.startswith("$"):
+        name = raw[1:]
+        if name not in scope.parameters:
+            raise PatternError(f"unknown parameter {raw!r}")
+        return scope.parameters[name]
+    if isinstance(raw, str) and raw.startswith("@"):
+        alias, _, field = raw[1:].partition(".")
+        if alias not in scope.aliases:
+            raise PatternError(f"{raw!r} names no earlier fact (earlier: {', '.join(scope.aliases) or 'none'})")
+        if field not in scope.aliases[alias]:
+            raise PatternError(f"{raw!r}: the {alias!r} fact has no field {field!r}")
+        return {alias: field}
+    return raw
+
+
+def _and(terms: list[dict]) -> dict:
+    return terms[0] if len(terms) == 1 else {"$and": terms}

@@ -1,0 +1,267 @@
+"""Load rule packs (``rules/packs/*.yaml``) and site settings into checked, compiled rules.
+
+Everything that can be wrong with a pack is found here, at start-up, and reported with
+the file, the rule id and the reason (``RulePackError``): schema, unknown fact fields,
+parameters, value sets, drug classes, card placeholders and suggestion kinds. A rule with
+``variants`` becomes one compiled rule per variant, with id ``<rule id>.<variant>``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cds_hooks.facts import FACT_FIELDS, TRIGGER_KINDS
+from cds_hooks.patterns import PatternError, Scope, compile_where
+from cds_hooks.suggestions import SUGGESTION_BUILDERS
+from cds_hooks.terminology import Terminology
+
+HOOKS = ("order-select", "order-sign", "patient-view")
+OVERRIDE_REASON_SYSTEM = "https://example.org/fhir/neuropathic-pain-cds/CodeSystem/override-reason"
+_ALIAS = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class RulePackError(ValueError):
+    """A rule pack or site settings file that cannot be loaded; says file, rule id and reason."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ParameterSpec(_Spec):
+    default: Any = None
+    unit: str | None = None
+    description: str
+    source: str | None = None
+
+
+class PatternSpec(_Spec):
+    fact: str
+    alias: str | None = Field(None, alias="as")
+    where: dict[str, Any] = {}
+
+
+class NoneSpec(_Spec):
+    none: PatternSpec
+
+
+class LinkSpec(_Spec):
+    label: str
+    url: str
+
+
+class CodingSpec(_Spec):
+    code: str
+    display: str
+    system: str = OVERRIDE_REASON_SYSTEM
+
+
+class SuggestionSpec(_Spec):
+    kind: str
+    label: str
+
+
+class CardSpec(_Spec):
+    one_per: str | None = None
+    indicator: Literal["info", "warning", "critical"]
+    summary: str
+    detail: str
+    source: LinkSpec
+    links: list[LinkSpec] = []
+    override_reasons: list[CodingSpec] = []
+    suggestions: list[SuggestionSpec] = []
+
+
+class RuleSpec(_Spec):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str
+    status: Literal["active", "draft", "retired"]
+    hooks: list[Literal["order-select", "order-sign", "patient-view"]] = Field(min_length=1)
+    description: str
+    parameters: dict[str, ParameterSpec] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    when: list[PatternSpec | NoneSpec] = Field(min_length=1)
+    card: CardSpec
+
+
+class PackSpec(_Spec):
+    pack: str
+    title: str
+    rules: list[RuleSpec]
+
+
+class SiteRuleSettings(_Spec):
+    enabled: bool = True
+    parameters: dict[str, Any] = {}
+
+
+class SiteSettings(_Spec):
+    rules: dict[str, SiteRuleSettings] = {}
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    id: str
+    family: str
+    version: str
+    hooks: tuple[str, ...]
+    parameters: dict[str, Any]
+    aliases: dict[str, str]  # alias -> fact kind
+    condition: list[dict]  # the durable_rules "all" list, context first, triggers, then none
+    card: CardSpec
+    source_file: str
+
+
+def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Terminology) -> list[CompiledRule]:
+    """Every active, site-enabled rule of every pack, compiled. Raises RulePackError."""
+    site = _load_site_settings(site_settings)
+    rules: list[CompiledRule] = []
+    declared: set[str] = set()  # every rule and variant id, inactive ones included
+    for path in sorted(packs_dir.glob("*.yaml")):
+        pack = _read_pack(path)
+        declared |= {rule.id for rule in pack.rules}
+        declared |= {f"{rule.id}.{variant}" for rule in pack.rules for variant in rule.variants}
+        rules += _compile_pack(pack, path, site, terminology)
+    unknown = sorted(set(site.rules) - declared)
+    if unknown:
+        raise RulePackError(f"{site_settings}: rule {unknown[0]}: no such rule in {packs_dir}")
+    ids = [r.id for r in rules]
+    duplicate = next((i for i in ids if ids.count(i) > 1), None)
+    if duplicate:
+        raise RulePackError(f"{packs_dir}: rule {duplicate}: defined twice")
+    return [r for r in rules if _enabled(r, site)]
+
+
+def _read_pack(path: Path) -> PackSpec:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RulePackError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return PackSpec.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = list(error["loc"])
+        rule = ""
+        if location[:1] == ["rules"] and len(location) > 1 and isinstance(location[1], int):
+            rule = f"rule {_raw_rule_id(raw, location[1])}: "
+            location = location[2:]
+        where = ".".join(str(part) for part in location)
+        raise RulePackError(f"{path}: {rule}{where}: {error['msg']}") from exc
+
+
+def _raw_rule_id(raw: dict, index: int) -> str:
+    try:
+        return str(raw["rules"][index]["id"])
+    except (KeyError, IndexError, TypeError):
+        return f"#{index + 1}"
+
+
+def _compile_pack(pack: PackSpec, path: Path, site: SiteSettings, terminology: Terminology) -> list[CompiledRule]:
+    compiled = []
+    for rule in pack.rules:
+        if rule.status != "active":
+            continue
+        for variant, values in (rule.variants or {None: {}}).items():
+            rule_id = f"{rule.id}.{variant}" if variant else rule.id
+            try:
+                parameters = _parameters(rule, values, site, rule_id)
+                compiled.append(_compile(rule, rule_id, parameters, terminology, path))
+            except (PatternError, RulePackError) as exc:
+                raise RulePackError(f"{path}: rule {rule_id}: {exc}") from exc
+    return compiled
+
+
+def _parameters(rule: RuleSpec, variant_values: dict, site: SiteSettings, rule_id: str) -> dict[str, Any]:
+    overrides = [variant_values, site.rules.get(rule.id, SiteRuleSettings()).parameters,
+                 site.rules.get(rule_id, SiteRuleSettings()).parameters if rule_id != rule.id else {}]
+    values = {name: spec.default for name, spec in rule.parameters.items()}
+    for layer in overrides:
+        unknown = set(layer) - set(rule.parameters)
+        if unknown:
+            raise RulePackError(f"unknown parameter {sorted(unknown)[0]!r}")
+        values.update(layer)
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise RulePackError(f"parameter {missing[0]!r} has no value (no default, variant or site value)")
+    return values
+
+
+def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Terminology, path: Path) -> CompiledRule:
+    positives = [p for p in rule.when if isinstance(p, PatternSpec)]
+    ordered = ([p for p in positives if p.fact not in TRIGGER_KINDS] + [p for p in positives if p.fact in TRIGGER_KINDS]
+               + [n.none for n in rule.when if isinstance(n, NoneSpec)])
+    if not any(p.fact in TRIGGER_KINDS for p in positives):
+        raise RulePackError(f"'when' needs a {'/'.join(sorted(TRIGGER_KINDS))} fact: rules fire on what is being ordered")
+    vocabulary = _vocabulary(terminology)
+    aliases: dict[str, str] = {}
+    condition = []
+    for index, pattern in enumerate(ordered):
+        negated = index >= len(positives)
+        _check_pattern(pattern, negated, aliases)
+        scope = Scope(FACT_FIELDS[pattern.fact], parameters,
+                      {a: FACT_FIELDS[k] for a, k in aliases.items()}, vocabulary)
+        name = f"m_{index}$not" if negated else (pattern.alias or f"m_{index}")
+        condition.append({name: compile_where(pattern.fact, pattern.where, scope)})
+        if pattern.alias:
+            aliases[pattern.alias] = pattern.fact
+    _check_card(rule.card, aliases, parameters)
+    return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases,
+                        condition, rule.card, str(path))
+
+
+def _check_pattern(pattern: PatternSpec, negated: bool, aliases: dict[str, str]) -> None:
+    if pattern.fact not in FACT_FIELDS:
+        raise RulePackError(f"unknown fact {pattern.fact!r} (known: {', '.join(sorted(FACT_FIELDS))})")
+    if negated and (pattern.fact in TRIGGER_KINDS or pattern.alias):
+        raise RulePackError("a 'none' pattern must match context facts and cannot be named with 'as'")
+    if pattern.alias and (not _ALIAS.match(pattern.alias) or pattern.alias in aliases or pattern.alias == "params"):
+        raise RulePackError(f"alias {pattern.alias!r} must be a new lower-case name other than 'params'")
+
+
+def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict) -> None:
+    if card.one_per is not None and card.one_per not in aliases:
+        raise RulePackError(f"card.one_per {card.one_per!r} names no fact alias")
+    for suggestion in card.suggestions:
+        if suggestion.kind not in SUGGESTION_BUILDERS:
+            raise RulePackError(f"unknown suggestion kind {suggestion.kind!r} (known: {', '.join(SUGGESTION_BUILDERS)})")
+    templates = [card.summary, card.detail, *(s.label for s in card.suggestions)]
+    for template in templates:
+        for _, field_name, _, _ in string.Formatter().parse(template):
+            if field_name is not None:
+                _check_placeholder(field_name, aliases, parameters)
+
+
+def _check_placeholder(name: str, aliases: dict[str, str], parameters: dict) -> None:
+    root, _, attribute = name.partition(".")
+    if root == "params" and attribute in parameters:
+        return
+    if root in aliases and attribute in FACT_FIELDS[aliases[root]]:
+        return
+    raise RulePackError(f"card placeholder {{{name}}} names no fact field or parameter")
+
+
+def _vocabulary(terminology: Terminology) -> dict[str, frozenset[str]]:
+    value_sets = frozenset(terminology.value_sets)
+    return {"ingredient": frozenset(terminology.ingredients), "drug_class": frozenset(terminology.drug_classes),
+            "value_sets": value_sets, "concept": value_sets}
+
+
+def _load_site_settings(path: Path | None) -> SiteSettings:
+    if path is None:
+        return SiteSettings()
+    try:
+        return SiteSettings.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise RulePackError(f"{path}: {exc}") from exc
+
+
+def _enabled(rule: CompiledRule, site: SiteSettings) -> bool:
+    return all(site.rules[key].enabled for key in (rule.family, rule.id) if key in site.rules)
