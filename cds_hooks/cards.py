@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from cds_hooks.engine import Finding
+from cds_hooks.protocol import Card
 from cds_hooks.suggestions import SUGGESTION_BUILDERS, SuggestionInput
 from cds_hooks.terminology import Terminology
 
@@ -24,11 +25,12 @@ CARD_EXTENSION = "neuropathic-pain-cds.why"
 SUMMARY_LIMIT = 140
 
 
-def render_cards(findings: list[Finding], patient_id: str, terminology: Terminology) -> list[dict]:
+def render_cards(findings: list[Finding], patient_id: str, terminology: Terminology) -> list[Card]:
+    """Every finding's card, each checked against the CDS Hooks card model."""
     cards = []
     for finding in findings:
         try:
-            cards.append(render_card(finding, patient_id, terminology))
+            cards.append(Card.model_validate(render_card(finding, patient_id, terminology)))
         except Exception:
             log.exception("rule %s: card could not be rendered; left out", finding.rule.id)
     return cards
