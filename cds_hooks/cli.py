@@ -77,3 +77,11 @@ def run(fixture: Annotated[Path, typer.Argument(help="A fixture folder or its re
             typer.echo(f"  -> {suggestion.label}")
         typer.echo("")
     typer.echo(f"{len(response.cards)} card(s)")
+
+
+@app.command()
+def bench(repeats: int = 300) -> None:
+    """Start the service and report server-side p50/p99 for order-select with 10, 100 and 1,000 resources."""
+    from cds_hooks import benchmark
+
+    typer.echo(benchmark.report(benchmark.run(repeats=repeats)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
@@ -42,17 +42,22 @@ def discovery() -> Discovery:
     return Discovery(services=list(SERVICES.values()))
 
 
-@router.post("/cds-services/{service_id}", response_model=HookResponse, response_model_exclude_none=True)
+@router.post("/cds-services/{service_id}", response_model=HookResponse)
 async def call_service(request: Request, service: ServiceDep, runtime: RuntimeDep,
-                       background: BackgroundTasks) -> HookResponse:
-    """https://cds-hooks.hl7.org/2.0/#calling-a-cds-service"""
+                       background: BackgroundTasks) -> Response:
+    """https://cds-hooks.hl7.org/2.0/#calling-a-cds-service
+
+    The answer was validated card by card as it was built; it is serialized once, here,
+    without null or empty optional fields.
+    """
     hook_request = pipeline.parse_request(await request.body(), service)
     response = await run_in_threadpool(pipeline.answer, runtime, hook_request)
     if runtime.store and response.cards:
         issued = [IssuedCard(c.uuid, c.extension[CARD_EXTENSION]["ruleId"], c.extension[CARD_EXTENSION]["ruleVersion"])
                   for c in response.cards]
         background.add_task(runtime.store.record_issued_cards, service.id, hook_request.hookInstance, issued)
-    return response
+    return Response(response.model_dump_json(exclude_none=True), media_type="application/json",
+                    background=background)
 
 
 @router.post("/cds-services/{service_id}/feedback")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -43,11 +43,21 @@ class Terminology:
     ingredients: dict[str, dict]
     products: dict[str, dict]  # RxNorm product code -> {ingredient, strength_mg, display}
     stop_reason_phrases: dict[str, list[str]]  # reason -> lower-case phrases, in priority order
+    value_sets_by_code: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for value_set, members in self.value_sets.items():
+            for key in members:
+                index[key].add(value_set)
+        object.__setattr__(self, "value_sets_by_code", {key: frozenset(ids) for key, ids in index.items()})
 
     def value_sets_of(self, codings: list[dict]) -> list[str]:
         """Ids of the value sets holding any of these codings, sorted."""
-        keys = {(c.get("system"), c.get("code")) for c in codings}
-        return sorted(vs for vs, members in self.value_sets.items() if keys & members)
+        found: set[str] = set()
+        for coding in codings:
+            found |= self.value_sets_by_code.get((coding.get("system"), coding.get("code")), frozenset())
+        return sorted(found)
 
     def drug_for(self, concept: dict | None) -> Drug | None:
         """Identify a medication CodeableConcept by RxNorm code, else by its display text."""
