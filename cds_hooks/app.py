@@ -13,13 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
+from cds_hooks.fhir_read import MalformedResource
 from cds_hooks.pipeline import BadRequest
 from cds_hooks.prefetch import DataUnavailable, WrongPatient
 from cds_hooks.routes import UnknownService, router
 from cds_hooks.runtime import load_runtime
 from cds_hooks.settings import Settings
 
-_STATUS = {BadRequest: 400, WrongPatient: 400, UnknownService: 404, DataUnavailable: 412}
+_STATUS = {BadRequest: 400, MalformedResource: 400, WrongPatient: 400, UnknownService: 404, DataUnavailable: 412}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

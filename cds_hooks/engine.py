@@ -11,7 +11,10 @@ It guards the library's known hazards (design.md, "durable_rules: known hazards"
    fact carries a unique id, so MessageObservedException cannot happen;
 5. a ruleset name registers once per host: each engine gets its own host and unique names;
 6. the host's background dispatch threads would call the core outside the lock; this host
-   does not start them (rules here have no timers or async actions).
+   does not start them (rules here have no timers or async actions);
+7. deleting a session in which no action ever ran crashes the C core (uninitialised state
+   freed) and deleting one never created raises: every ruleset has an end-of-facts rule and
+   every evaluation asserts that fact last, so each session exists and runs an action.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 _CORE_LOCK = threading.Lock()
 _ruleset_names = itertools.count()
+_END_OF_FACTS = {"kind": "$end-of-facts", "id": "$end-of-facts"}
 
 
 @dataclass
@@ -61,6 +65,7 @@ class RulesEngine:
                 f"r{i}": {"all": rule.condition, "run": self._collector(rule)}
                 for i, rule in enumerate(r for r in rules if hook in r.hooks)
             }
+            definitions[name]["end-of-facts"] = {"all": [{"m": {"kind": _END_OF_FACTS["kind"]}}], "run": _ignore}
             self._rulesets[hook] = name
         with _CORE_LOCK:
             self._host = _SynchronousHost(definitions)
@@ -74,7 +79,7 @@ class RulesEngine:
         with _CORE_LOCK:
             self._matches[sid] = []
             try:
-                for fact in facts.context + facts.triggers:  # triggers last: see hazard 3
+                for fact in facts.context + facts.triggers + [_END_OF_FACTS]:  # hazards 3 and 7
                     self._assert(ruleset, {**fact, "sid": sid})
                 matches = self._matches[sid]
             finally:
@@ -101,6 +106,10 @@ class RulesEngine:
             except Exception:
                 log.exception("rule %s failed while collecting its match", rule.id)
         return collect
+
+
+def _ignore(c) -> None:
+    """The end-of-facts action: its only job is to have run (hazard 7)."""
 
 
 def _merge(matches: list[tuple[CompiledRule, dict[str, dict]]]) -> list[Finding]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from cds_hooks.dosage import daily_dose_mg
-from cds_hooks.fhir_read import codeable_texts, parse_date, reference_of
+from cds_hooks.fhir_read import codeable_texts, parse_date, read_each, reference_of
 from cds_hooks.terminology import Drug, Terminology
 
 _STATUS = {"active": "active", "on-hold": "active", "completed": "stopped", "stopped": "stopped"}
@@ -36,14 +36,20 @@ class MedicationRecord:
     stop_texts: list[str]
 
 
-def medication_records(resources: list[dict], terminology: Terminology, as_of: date) -> list[MedicationRecord]:
-    records = []
-    for resource in resources:
+def medication_records(resources: list[dict], medications: dict[str, dict], terminology: Terminology,
+                       as_of: date) -> list[MedicationRecord]:
+    """Read every MedicationStatement / MedicationRequest whose drug the drug table knows.
+
+    ``medications`` (Medication resources by reference, e.g. from a search with ``_include``)
+    resolve ``medicationReference``.
+    """
+    def read(resource: dict) -> MedicationRecord | None:
+        if resource.get("resourceType") not in ("MedicationStatement", "MedicationRequest"):
+            return None
         status = _STATUS.get(resource.get("status", ""))
-        drug = terminology.drug_for(_medication_concept(resource))
-        if status and drug:
-            records.append(_read_record(resource, drug, status, as_of))
-    return records
+        drug = terminology.drug_for(medication_concept(resource, medications))
+        return _read_record(resource, drug, status, as_of) if status and drug else None
+    return read_each(resources, read)
 
 
 def exposure_facts(records: list[MedicationRecord], terminology: Terminology) -> list[dict]:
@@ -67,12 +73,13 @@ def _read_record(resource: dict, drug: Drug, status: str, as_of: date) -> Medica
     )
 
 
-def _medication_concept(resource: dict) -> dict | None:
+def medication_concept(resource: dict, medications: dict[str, dict]) -> dict | None:
+    """The drug's CodeableConcept: inline, or from a contained or included Medication."""
     if "medicationCodeableConcept" in resource:
         return resource["medicationCodeableConcept"]
     ref = (resource.get("medicationReference") or {}).get("reference", "")
     contained = {f"#{r.get('id')}": r for r in resource.get("contained", [])}
-    return contained.get(ref, {}).get("code")
+    return (contained.get(ref) or medications.get(ref) or {}).get("code")
 
 
 def _period(resource: dict, dosages: list[dict]) -> tuple[date | None, date | None]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import date
 
 from cds_hooks.dosage import daily_dose_mg
-from cds_hooks.exposures import exposure_facts, medication_records
-from cds_hooks.fhir_read import codings, concept_text, parse_date, reference_of
+from cds_hooks.exposures import exposure_facts, medication_concept, medication_records
+from cds_hooks.fhir_read import codings, concept_text, parse_date, read_each, reference_of
 from cds_hooks.terminology import Terminology
 
 FACT_FIELDS: dict[str, frozenset[str]] = {
@@ -46,17 +46,18 @@ class FactSet:
 
 def build_facts(hook: str, context: dict, records: dict[str, list[dict]],
                 terminology: Terminology, as_of: date) -> FactSet:
-    history = medication_records(records.get("medicationStatements", []) + records.get("medicationRequests", []),
-                                 terminology, as_of)
+    medication_history = records.get("medicationStatements", []) + records.get("medicationRequests", [])
+    medications = {reference_of(r): r for r in medication_history if r.get("resourceType") == "Medication"}
+    history = medication_records(medication_history, medications, terminology, as_of)
     facts = (
-        [_patient_fact(p, as_of) for p in records.get("patient", [])]
+        read_each(records.get("patient", []), lambda patient: _patient_fact(patient, as_of))
         + _condition_facts(records.get("conditions", []), terminology, as_of)
         + exposure_facts(history, terminology)
         + _lab_facts(records.get("observations", []), terminology, as_of)
         + _event_facts("procedure", records.get("procedures", []), terminology, as_of)
         + _event_facts("service_request", records.get("serviceRequests", []), terminology, as_of)
     )
-    return FactSet(context=facts, triggers=_trigger_facts(hook, context, records, terminology))
+    return FactSet(context=facts, triggers=_trigger_facts(hook, context, records, medications, terminology))
 
 
 def _patient_fact(patient: dict, as_of: date) -> dict:
@@ -66,75 +67,81 @@ def _patient_fact(patient: dict, as_of: date) -> dict:
 
 
 def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
-    facts = []
-    for condition in conditions:
+    def read(condition: dict) -> dict | None:
         clinical = next((c.get("code") for c in codings(condition.get("clinicalStatus"))), None)
         verification = next((c.get("code") for c in codings(condition.get("verificationStatus"))), None)
         value_sets = terminology.value_sets_of(codings(condition.get("code")))
-        if clinical in _ACTIVE_CLINICAL and verification not in _UNCONFIRMED and value_sets:
-            onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
-            facts.append(_compact({
-                "kind": "condition", "id": reference_of(condition), "reference": reference_of(condition),
-                "code": next((c.get("code") for c in codings(condition.get("code"))), None),
-                "display": concept_text(condition.get("code")), "value_sets": value_sets,
-                "onset": onset and onset.isoformat(), "days_since_onset": _days_between(onset, as_of),
-            }))
-    return facts
+        if clinical not in _ACTIVE_CLINICAL or verification in _UNCONFIRMED or not value_sets:
+            return None
+        onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
+        return _compact({
+            "kind": "condition", "id": reference_of(condition), "reference": reference_of(condition),
+            "code": next((c.get("code") for c in codings(condition.get("code"))), None),
+            "display": concept_text(condition.get("code")), "value_sets": value_sets,
+            "onset": onset and onset.isoformat(), "days_since_onset": _days_between(onset, as_of),
+        })
+    return read_each(conditions, read)
 
 
 def _lab_facts(observations: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
     """The latest numeric result per lab value set."""
-    latest: dict[str, tuple[date, dict]] = {}
-    for obs in observations:
+    def read(obs: dict) -> list[dict] | None:
         taken = parse_date(obs.get("effectiveDateTime") or obs.get("issued")
                            or (obs.get("effectivePeriod") or {}).get("start"))
         quantity = obs.get("valueQuantity") or {}
         if obs.get("status") not in _RESULT_STATUSES or taken is None or "value" not in quantity:
-            continue
-        for concept in terminology.value_sets_of(codings(obs.get("code"))):
-            if concept not in latest or taken > latest[concept][0]:
-                latest[concept] = (taken, {
-                    "kind": "lab", "id": f"lab:{concept}", "reference": reference_of(obs), "concept": concept,
-                    "value": quantity["value"], "unit": quantity.get("unit") or quantity.get("code"),
-                    "date": taken.isoformat(), "days_ago": _days_between(taken, as_of),
-                })
-    return [_compact(fact) for _, fact in latest.values()]
+            return None
+        return [_compact({
+            "kind": "lab", "id": f"lab:{concept}", "reference": reference_of(obs), "concept": concept,
+            "value": quantity["value"], "unit": quantity.get("unit") or quantity.get("code"),
+            "date": taken.isoformat(), "days_ago": _days_between(taken, as_of),
+        }) for concept in terminology.value_sets_of(codings(obs.get("code")))]
+
+    latest: dict[str, dict] = {}
+    for fact in (fact for facts in read_each(observations, read) for fact in facts):
+        if fact["concept"] not in latest or fact["date"] > latest[fact["concept"]]["date"]:
+            latest[fact["concept"]] = fact
+    return list(latest.values())
 
 
 def _event_facts(kind: str, resources: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
     """Procedures done and service requests (referrals, imaging) on record that a value set knows."""
-    facts = []
-    for resource in resources:
+    def read(resource: dict) -> dict | None:
         value_sets = terminology.value_sets_of(codings(resource.get("code")))
         if not value_sets or resource.get("status") == "entered-in-error":
-            continue
+            return None
         when = parse_date(resource.get("performedDateTime") or resource.get("authoredOn")
                           or (resource.get("performedPeriod") or {}).get("start"))
-        facts.append(_compact({
+        return _compact({
             "kind": kind, "id": reference_of(resource), "reference": reference_of(resource),
             "display": concept_text(resource.get("code")), "value_sets": value_sets,
             "status": resource.get("status"), "date": when and when.isoformat(),
             "days_ago": _days_between(when, as_of),
-        }))
-    return facts
+        })
+    return read_each(resources, read)
 
 
-def _trigger_facts(hook: str, context: dict, records: dict[str, list[dict]], terminology: Terminology) -> list[dict]:
+def _trigger_facts(hook: str, context: dict, records: dict[str, list[dict]], medications: dict[str, dict],
+                   terminology: Terminology) -> list[dict]:
     if hook == "patient-view":
-        resources = [r for r in records.get("medicationRequests", []) if r.get("status") == "active"]
-        origin = "active"
+        resources = [r for r in records.get("medicationRequests", [])
+                     if r.get("resourceType") == "MedicationRequest" and r.get("status") == "active"]
+        origin, wanted = "active", None
     else:
-        resources = [e["resource"] for e in (context.get("draftOrders") or {}).get("entry", []) if "resource" in e]
-        if hook == "order-select":
-            selected = set(context.get("selections") or [])
-            resources = [r for r in resources if reference_of(r) in selected]
-        origin = "draft"
-    return [_trigger_fact(resource, origin, terminology) for resource in resources]
+        resources = [entry.get("resource") for entry in context["draftOrders"].get("entry", [])]
+        origin, wanted = "draft", set(context["selections"]) if hook == "order-select" else None
+
+    def read(resource: dict) -> dict | None:
+        if wanted is not None and reference_of(resource) not in wanted:
+            return None
+        return _trigger_fact(resource, origin, medications, terminology)
+    return read_each(resources, read)
 
 
-def _trigger_fact(resource: dict, origin: str, terminology: Terminology) -> dict:
-    concept = resource.get("medicationCodeableConcept") or resource.get("code")
-    drug = terminology.drug_for(concept) if "medicationCodeableConcept" in resource else None
+def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], terminology: Terminology) -> dict:
+    is_medication = resource.get("resourceType") == "MedicationRequest"
+    concept = medication_concept(resource, medications) if is_medication else resource.get("code")
+    drug = terminology.drug_for(concept) if is_medication else None
     dose = daily_dose_mg(resource.get("dosageInstruction") or [], drug.strength_mg) if drug else None
     return _compact({
         "kind": "trigger", "id": f"trigger:{reference_of(resource)}", "origin": origin,
@@ -150,4 +157,5 @@ def _days_between(earlier: date | None, later: date) -> int | None:
 
 
 def _compact(fact: dict) -> dict:
-    return {key: value for key, value in fact.items() if value is not None}
+    """Drop what is not known: None and empty lists (a rule on an absent field does not match)."""
+    return {key: value for key, value in fact.items() if value is not None and value != []}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 
 def parse_date(value: str | None) -> date | None:
@@ -33,3 +35,21 @@ def codeable_texts(concepts: list[dict]) -> list[str]:
     for concept in concepts:
         texts += [concept.get("text") or ""] + [c.get("display") or "" for c in codings(concept)]
     return [t for t in texts if t]
+
+
+class MalformedResource(ValueError):
+    """A resource in the record has a shape FHIR does not allow (answered with 400)."""
+
+
+def read_each(resources: list, read_one: Callable[[dict], Any]) -> list:
+    """``read_one`` of every resource, None results dropped; a resource it cannot read is named in the error."""
+    results = []
+    for resource in resources:
+        try:
+            result = read_one(resource)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            name = reference_of(resource) if isinstance(resource, dict) else f"a {type(resource).__name__}"
+            raise MalformedResource(f"{name} in the record is malformed: {type(exc).__name__}: {exc}") from exc
+        if result is not None:
+            results.append(result)
+    return results

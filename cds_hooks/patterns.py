@@ -40,7 +40,7 @@ class Scope:
 
 
 def compile_where(kind: str, where: dict, scope: Scope) -> dict:
-    return {"$and": [{"kind": kind}, *_clauses(where, scope)]}
+    return {"$and": _references_first([{"kind": kind}, *_clauses(where, scope)])}
 
 
 def _clauses(where: dict, scope: Scope) -> list[dict]:
@@ -76,7 +76,7 @@ def _operator(field: str, op: str, operand: Any, scope: Scope) -> dict:
 
 def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
     value = _resolve(raw, scope)
-    if isinstance(value, dict):  # a reference to another fact's field
+    if isinstance(value, _Reference):
         return value
     values = value if many else [value]
     if many and (not isinstance(value, list) or not value):
@@ -100,9 +100,27 @@ def _resolve(raw: Any, scope: Scope) -> Any:
             raise PatternError(f"{raw!r} names no earlier fact (earlier: {', '.join(scope.aliases) or 'none'})")
         if field not in scope.aliases[alias]:
             raise PatternError(f"{raw!r}: the {alias!r} fact has no field {field!r}")
-        return {alias: field}
+        return _Reference({alias: field})
     return raw
 
 
 def _and(terms: list[dict]) -> dict:
-    return terms[0] if len(terms) == 1 else {"$and": terms}
+    return terms[0] if len(terms) == 1 else {"$and": _references_first(terms)}
+
+
+def _references_first(terms: list[dict]) -> list[dict]:
+    """durable_rules drops a comparison with another fact that follows an ``$or`` in the same
+    ``$and`` (it then matches too much); putting such comparisons first keeps them."""
+    return sorted(terms, key=lambda term: not _has_reference(term))
+
+
+def _has_reference(term: Any) -> bool:
+    if isinstance(term, _Reference):
+        return True
+    if isinstance(term, dict):
+        return any(_has_reference(value) for value in term.values())
+    return isinstance(term, list) and any(_has_reference(item) for item in term)
+
+
+class _Reference(dict):
+    """A compiled ``@alias.field``: durable_rules' ``{alias: field}`` operand, marked as such."""

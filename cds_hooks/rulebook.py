@@ -122,21 +122,28 @@ class CompiledRule:
 def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Terminology) -> list[CompiledRule]:
     """Every active, site-enabled rule of every pack, compiled. Raises RulePackError."""
     site = _load_site_settings(site_settings)
-    rules: list[CompiledRule] = []
-    declared: set[str] = set()  # every rule and variant id, inactive ones included
-    for path in sorted(packs_dir.glob("*.yaml")):
-        pack = _read_pack(path)
-        declared |= {rule.id for rule in pack.rules}
-        declared |= {f"{rule.id}.{variant}" for rule in pack.rules for variant in rule.variants}
-        rules += _compile_pack(pack, path, site, terminology)
-    unknown = sorted(set(site.rules) - declared)
-    if unknown:
-        raise RulePackError(f"{site_settings}: rule {unknown[0]}: no such rule in {packs_dir}")
+    packs = [(path, _read_pack(path)) for path in sorted(packs_dir.glob("*.yaml"))]
+    _check_site_settings(site, site_settings, [pack for _, pack in packs])
+    rules = [rule for path, pack in packs for rule in _compile_pack(pack, path, site, terminology)]
     ids = [r.id for r in rules]
     duplicate = next((i for i in ids if ids.count(i) > 1), None)
     if duplicate:
         raise RulePackError(f"{packs_dir}: rule {duplicate}: defined twice")
     return [r for r in rules if _enabled(r, site)]
+
+
+def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[PackSpec]) -> None:
+    """Site settings may only name rules (inactive ones included) and parameters that exist."""
+    parameters_of = {}
+    for rule in (rule for pack in packs for rule in pack.rules):
+        for rule_id in [rule.id, *(f"{rule.id}.{variant}" for variant in rule.variants)]:
+            parameters_of[rule_id] = set(rule.parameters)
+    for rule_id, settings in site.rules.items():
+        if rule_id not in parameters_of:
+            raise RulePackError(f"{path}: rule {rule_id}: no such rule in the rule packs")
+        unknown = sorted(set(settings.parameters) - parameters_of[rule_id])
+        if unknown:
+            raise RulePackError(f"{path}: rule {rule_id}: unknown parameter {unknown[0]!r}")
 
 
 def _read_pack(path: Path) -> PackSpec:
@@ -234,7 +241,10 @@ def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict) -> No
             raise RulePackError(f"unknown suggestion kind {suggestion.kind!r} (known: {', '.join(SUGGESTION_BUILDERS)})")
     templates = [card.summary, card.detail, *(s.label for s in card.suggestions)]
     for template in templates:
-        for _, field_name, _, _ in string.Formatter().parse(template):
+        for _, field_name, format_spec, conversion in string.Formatter().parse(template):
+            if format_spec or conversion:
+                raise RulePackError(f"card placeholder {{{field_name}}}: format specs and conversions are not "
+                                    "supported (numbers are formatted by the card renderer)")
             if field_name is not None:
                 _check_placeholder(field_name, aliases, parameters)
 

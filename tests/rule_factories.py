@@ -97,7 +97,7 @@ _NO_MATCH_PROBE = textwrap.dedent("""
 
 
 def engine_survives_no_match() -> bool:
-    """Whether an evaluation in which no rule fires returns at all (run in a child process:
-    with durable_rules 2.0.28 deleting such a session frees an uninitialised pointer)."""
+    """Whether a fresh engine's first evaluation, firing no rule, returns at all (in a child process:
+    durable_rules 2.0.28 then deletes a session whose never-initialised context pointers it frees)."""
     child = subprocess.run([sys.executable, "-c", _NO_MATCH_PROBE], cwd=REPO, capture_output=True, timeout=120)
     return child.returncode == 0
