@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from cds_hooks.cards import render_cards
 from cds_hooks.facts import build_facts
 from cds_hooks.prefetch import resolve_prefetch
-from cds_hooks.protocol import CONTEXT_MODELS, HookRequest, HookResponse, ServiceDescription
+from cds_hooks.protocol import CONTEXT_MODELS, HookRequest, HookResponse, OrderSelectContext, ServiceDescription
 from cds_hooks.runtime import Runtime
 
 
@@ -31,10 +31,21 @@ def parse_request(body: bytes | str | dict, service: ServiceDescription) -> Hook
     if request.hook != service.hook:
         raise BadRequest(f"service {service.id} answers the {service.hook} hook, not {request.hook!r}")
     try:
-        CONTEXT_MODELS[service.hook].model_validate(request.context)
+        context = CONTEXT_MODELS[service.hook].model_validate(request.context)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc, prefix="context")) from exc
+    if isinstance(context, OrderSelectContext):
+        _check_selections(context)
     return request
+
+
+def _check_selections(context: OrderSelectContext) -> None:
+    """Each selection must name a draft order: a dangling one would silently fire nothing."""
+    drafts = {f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}"
+              for e in context.draftOrders.entry if isinstance(e.get("resource"), dict)}
+    missing = [s for s in context.selections if s not in drafts]
+    if missing:
+        raise BadRequest(f"context.selections names {', '.join(missing)}, which is not in context.draftOrders")
 
 
 def answer(runtime: Runtime, request: HookRequest, as_of: date | None = None) -> HookResponse:

@@ -149,10 +149,13 @@ def _check_patient(key: str, resources: list[dict], patient_id: str) -> None:
         if kind == "Patient":
             named = f"Patient/{resource.get('id')}"
         else:
-            ref = next((resource[f].get("reference") for f in ("subject", "patient")
-                        if isinstance(resource.get(f), dict) and resource[f].get("reference")), None)
-            if ref is None:
+            field = next((f for f in ("subject", "patient") if f in resource), None)
+            if field is None:
                 continue
+            ref = resource[field].get("reference") if isinstance(resource[field], dict) else None
+            if not isinstance(ref, str):
+                raise WrongPatient(f"prefetch {key!r} holds {kind}/{resource.get('id')} whose {field} "
+                                   f"is not a reference to a patient: {resource[field]!r:.60}")
             named = ref.split("/_history/")[0]
         if named != expected and not named.endswith("/" + expected):
             raise WrongPatient(f"prefetch {key!r} holds {kind}/{resource.get('id')} "
