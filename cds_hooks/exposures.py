@@ -53,10 +53,29 @@ def medication_records(resources: list[dict], medications: dict[str, dict], term
 
 
 def exposure_facts(records: list[MedicationRecord], terminology: Terminology) -> list[dict]:
+    """One ``medication`` fact per ingredient, then one ``co_medication`` fact per pair of
+    ingredients of different classes taken at the same time (combination therapy)."""
     by_ingredient: dict[str, list[MedicationRecord]] = defaultdict(list)
     for record in records:
         by_ingredient[record.drug.ingredient].append(record)
-    return [_exposure(ingredient, group, terminology) for ingredient, group in sorted(by_ingredient.items())]
+    groups = sorted(by_ingredient.items())
+    exposures = [_exposure(ingredient, group, terminology) for ingredient, group in groups]
+    pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:] if a[1][0].drug.drug_class != b[1][0].drug.drug_class]
+    return exposures + [fact for a, b in pairs if (fact := _co_medication(a, b))]
+
+
+def _co_medication(a: tuple[str, list[MedicationRecord]], b: tuple[str, list[MedicationRecord]]) -> dict | None:
+    spans_a, spans_b = _spans(a[1]), _spans(b[1])
+    if spans_a is None or spans_b is None:
+        return None
+    overlap = sum(max(0, (min(end_a, end_b) - max(start_a, start_b)).days)
+                  for start_a, end_a in spans_a for start_b, end_b in spans_b)
+    if overlap == 0:
+        return None
+    (first, first_records), (second, second_records) = sorted([a, b], key=lambda pair: pair[1][0].drug.drug_class)
+    return {"kind": "co_medication", "id": f"co_medication:{first}+{second}", "ingredients": [first, second],
+            "drug_classes": [first_records[0].drug.drug_class, second_records[0].drug.drug_class],
+            "overlap_days": overlap}
 
 
 def _read_record(resource: dict, drug: Drug, status: str, as_of: date) -> MedicationRecord:
@@ -112,25 +131,31 @@ def _exposure(ingredient: str, records: list[MedicationRecord], terminology: Ter
         "days_at_max": _days_covered([r for r in records if r.daily_mg == max_mg]) if max_mg else None,
         "current_daily_mg": last.daily_mg if active else None,
         "dose_unknown_reason": next((r.dose_unknown_reason for r in records if r.dose_unknown_reason), None),
+        "rxnorm_codes": sorted({r.drug.rxnorm for r in records if r.drug.rxnorm}),
         "sources": [r.reference for r in records],
     }
-    return {key: value for key, value in fact.items() if value is not None}
+    return {key: value for key, value in fact.items() if value is not None and value != []}
 
 
 def _days_covered(records: list[MedicationRecord]) -> int | None:
-    """Days covered by the union of the records' periods (FHIR period ends are inclusive).
+    """Days covered by the union of the records' periods; None when a period is open-ended."""
+    spans = _spans(records)
+    return None if spans is None else sum((end - start).days for start, end in spans)
 
-    None when any period has no start or, for a stopped record, no end.
-    """
+
+def _spans(records: list[MedicationRecord]) -> list[tuple[date, date]] | None:
+    """The union of the records' periods as disjoint [start, end) spans (FHIR period ends are
+    inclusive); None when any period has no start or, for a stopped record, no end."""
     if any(r.start is None or r.end is None for r in records):
         return None
-    days, covered_until = 0, date.min
+    spans: list[tuple[date, date]] = []
     for record in sorted(records, key=lambda r: r.start):
-        start, end = max(record.start, covered_until), record.end + timedelta(days=1)
-        if end > start:
-            days += (end - start).days
-            covered_until = end
-    return days
+        start, end = record.start, record.end + timedelta(days=1)
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
 
 
 def _iso(day: date | None) -> str | None:

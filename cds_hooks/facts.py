@@ -6,7 +6,8 @@ absent (never null and never guessed), so a comparison on it does not match.
 
 Context facts describe the patient's record; trigger facts are what the clinician is acting
 on: the selected draft orders (order-select), all draft orders (order-sign) or the active
-medication orders (patient-view). The engine asserts triggers after the context.
+medication orders (patient-view), plus one trigger for the hook itself (origin "hook"), for
+rules that fire on opening the chart. The engine asserts triggers after the context.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from cds_hooks.terminology import Terminology
 FACT_FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(fields.split()) for kind, fields in {
         "patient": "id age gender",
-        "condition": "id reference code display value_sets onset days_since_onset",
-        "medication": "id ingredient drug_class status course stop_reason dose_known start end "
-                      "days_on_therapy max_daily_mg days_at_max current_daily_mg dose_unknown_reason sources",
+        "condition": "id reference system code display value_sets onset days_since_onset",
+        "medication": "id ingredient drug_class status course stop_reason dose_known start end days_on_therapy "
+                      "max_daily_mg days_at_max current_daily_mg dose_unknown_reason rxnorm_codes sources",
+        "co_medication": "id ingredients drug_classes overlap_days",
         "lab": "id reference concept value unit date days_ago",
         "procedure": "id reference display value_sets status date days_ago",
         "service_request": "id reference display value_sets status date days_ago",
-        "trigger": "id origin reference resource_type ingredient drug_class display value_sets daily_mg",
+        "trigger": "id origin hook reference resource_type ingredient drug_class display value_sets daily_mg",
     }.items()
 }
 TRIGGER_KINDS = frozenset({"trigger"})
@@ -74,9 +76,10 @@ def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: da
         if clinical not in _ACTIVE_CLINICAL or verification in _UNCONFIRMED or not value_sets:
             return None
         onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
+        primary = next(iter(codings(condition.get("code"))), {})
         return _compact({
             "kind": "condition", "id": reference_of(condition), "reference": reference_of(condition),
-            "code": next((c.get("code") for c in codings(condition.get("code"))), None),
+            "system": primary.get("system"), "code": primary.get("code"),
             "display": concept_text(condition.get("code")), "value_sets": value_sets,
             "onset": onset and onset.isoformat(), "days_since_onset": _days_between(onset, as_of),
         })
@@ -135,7 +138,8 @@ def _trigger_facts(hook: str, context: dict, records: dict[str, list[dict]], med
         if wanted is not None and reference_of(resource) not in wanted:
             return None
         return _trigger_fact(resource, origin, medications, terminology)
-    return read_each(resources, read)
+    hook_fact = {"kind": "trigger", "id": "trigger:hook", "origin": "hook", "hook": hook}
+    return read_each(resources, read) + [hook_fact]
 
 
 def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], terminology: Terminology) -> dict:

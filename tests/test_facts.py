@@ -329,7 +329,7 @@ def _drafts() -> dict:
 def test_order_select_triggers_only_the_selected_drafts():
     """order-select: only drafts named in selections are triggers."""
     context = {**CONTEXT, "draftOrders": _drafts(), "selections": ["MedicationRequest/draft-tram"]}
-    triggers = facts_of({}, "order-select", context).triggers
+    triggers = order_triggers(facts_of({}, "order-select", context))
     assert [t["reference"] for t in triggers] == ["MedicationRequest/draft-tram"]
     [tramadol] = triggers
     assert tramadol["origin"] == "draft"
@@ -340,7 +340,7 @@ def test_order_select_triggers_only_the_selected_drafts():
 def test_order_sign_triggers_every_draft():
     """order-sign: every draft order is a trigger."""
     context = {**CONTEXT, "draftOrders": _drafts()}
-    triggers = facts_of({}, "order-sign", context).triggers
+    triggers = order_triggers(facts_of({}, "order-sign", context))
     assert sorted(t["reference"] for t in triggers) == ["MedicationRequest/draft-patch", "MedicationRequest/draft-tram"]
     assert {t["origin"] for t in triggers} == {"draft"}
 
@@ -352,10 +352,22 @@ def test_patient_view_triggers_the_active_medication_requests():
         med_request("rx-gaba", GABAPENTIN_300, "stopped", dosage(300, 3, "2026-05-01", "2026-06-30")),
         med_request("rx-plan", TRAMADOL_50, "draft", dosage(None, 4, tablets=1)),
     ]}
-    triggers = facts_of(records, "patient-view").triggers
+    triggers = order_triggers(facts_of(records, "patient-view"))
     assert [t["reference"] for t in triggers] == ["MedicationRequest/rx-oxy"]
     assert triggers[0]["origin"] == "active"
     assert triggers[0]["drug_class"] == "strong-opioid"
+
+
+def test_every_hook_adds_one_hook_trigger_last():
+    """Each call adds a trigger for the hook itself, after the order triggers, for chart-open rules."""
+    for hook, context in [("patient-view", CONTEXT), ("order-sign", {**CONTEXT, "draftOrders": _drafts()})]:
+        triggers = facts_of({}, hook, context).triggers
+        assert triggers[-1] == {"kind": "trigger", "id": "trigger:hook", "origin": "hook", "hook": hook}
+        assert [t for t in triggers if t["origin"] == "hook"] == [triggers[-1]]
+
+
+def order_triggers(facts) -> list[dict]:
+    return [t for t in facts.triggers if t["origin"] != "hook"]
 
 
 def test_triggers_are_not_context_facts():
@@ -392,7 +404,7 @@ def _rich_record_facts():
         "patient": [{"resourceType": "Patient", "id": PID, "birthDate": "1960-02-29", "gender": "female"}],
         "conditions": [condition("c1", ICD10, "E11.42")],
         "medicationRequests": titration(),
-        "medicationStatements": [med_statement("ms-1", DULOXETINE_30, "stopped", None, None, "2026-06-01", None)],
+        "medicationStatements": [med_statement("ms-1", DULOXETINE_30, "stopped", None, None, "2026-08-20", "2026-09-30")],
         "observations": [observation("o1", "4548-4", 7.1, "2026-09-15")],
         "procedures": [{"resourceType": "Procedure", "id": "p1", "status": "completed", "code": code,
                         "subject": {"reference": f"Patient/{PID}"}, "performedDateTime": "2026-04-01"}],
@@ -401,6 +413,23 @@ def _rich_record_facts():
     }
     context = {**CONTEXT, "draftOrders": _drafts(), "selections": ["MedicationRequest/draft-tram"]}
     return build_facts("order-select", context, records, events, AS_OF)
+
+
+def test_drugs_of_different_classes_taken_together_make_a_co_medication_fact():
+    """Gabapentin (from 2026-08-01, ongoing) and duloxetine (2026-09-01 to 2026-09-30) overlap 30 days."""
+    records = {"medicationRequests": titration(),
+               "medicationStatements": [med_statement("ms-d", DULOXETINE_30, "stopped", 30, 1, "2026-09-01", "2026-09-30")]}
+    [pair] = [f for f in facts_of(records).context if f["kind"] == "co_medication"]
+    assert pair["ingredients"] == ["gabapentin", "duloxetine"]
+    assert pair["drug_classes"] == ["gabapentinoid", "snri"]
+    assert pair["overlap_days"] == 30
+
+
+def test_drugs_taken_one_after_the_other_are_not_a_combination():
+    """Duloxetine stopped the day before gabapentin started: no co_medication fact."""
+    records = {"medicationRequests": titration(),
+               "medicationStatements": [med_statement("ms-d", DULOXETINE_30, "stopped", 30, 1, "2026-06-01", "2026-07-31")]}
+    assert not [f for f in facts_of(records).context if f["kind"] == "co_medication"]
 
 
 def test_rich_record_yields_every_fact_kind():
