@@ -15,6 +15,10 @@ It guards the library's known hazards (design.md, "durable_rules: known hazards"
 7. deleting a session in which no action ever ran crashes the C core (uninitialised state
    freed) and deleting one never created raises: every ruleset has an end-of-facts rule and
    every evaluation asserts that fact last, so each session exists and runs an action.
+
+An evaluation runs in two passes, each in its own session: assessment rules first judge the
+record alone (e.g. "adequate trial of gabapentin") and their conclusions become
+``assessment`` facts; card rules then see the record, those assessments and the triggers.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from dataclasses import dataclass, field
 
 from durable.engine import Host, MessageNotHandledException
 
-from cds_hooks.facts import FactSet
+from cds_hooks.facts import END_OF_FACTS, FactSet
 from cds_hooks.rulebook import CompiledRule
 
 log = logging.getLogger(__name__)
 
 _CORE_LOCK = threading.Lock()
 _ruleset_names = itertools.count()
-_END_OF_FACTS = {"kind": "$end-of-facts", "id": "$end-of-facts"}
+_END_OF_FACTS = {"kind": END_OF_FACTS, "id": END_OF_FACTS}
 
 
 @dataclass
@@ -57,39 +61,43 @@ class RulesEngine:
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = rules
         self._matches: dict[str, list[tuple[CompiledRule, dict[str, dict]]]] = {}
-        self._rulesets: dict[str, str] = {}  # hook -> ruleset name
+        self._rulesets: dict[tuple[str, str], str] = {}  # (pass, hook) -> ruleset name
         definitions = {}
-        for hook in sorted({h for rule in rules for h in rule.hooks}):
-            name = f"{hook}-{next(_ruleset_names)}"
-            definitions[name] = {
-                f"r{i}": {"all": rule.condition, "run": self._collector(rule)}
-                for i, rule in enumerate(r for r in rules if hook in r.hooks)
-            }
-            definitions[name]["end-of-facts"] = {"all": [{"m": {"kind": _END_OF_FACTS["kind"]}}], "run": _ignore}
-            self._rulesets[hook] = name
+        for step, members in (("assess", [r for r in rules if r.assess]), ("cards", [r for r in rules if r.card])):
+            for hook in sorted({h for rule in members for h in rule.hooks}):
+                name = f"{step}-{hook}-{next(_ruleset_names)}"
+                definitions[name] = {f"r{i}": {"all": rule.condition, "run": self._collector(rule)}
+                                     for i, rule in enumerate(r for r in members if hook in r.hooks)}
+                definitions[name]["end-of-facts"] = {"all": [{"m": {"kind": END_OF_FACTS}}], "run": _ignore}
+                self._rulesets[step, hook] = name
         with _CORE_LOCK:
             self._host = _SynchronousHost(definitions)
 
     def evaluate(self, hook: str, facts: FactSet) -> list[Finding]:
-        """Run one hook's rules over one patient's facts in a session of its own."""
-        ruleset = self._rulesets.get(hook)
+        """Run one hook's rules over one patient's facts: assessments, then cards."""
+        assessments = [assessment_fact(f) for f in self._run(("assess", hook), facts.context)]
+        return self._run(("cards", hook), facts.context + _unique(assessments) + facts.triggers)
+
+    def live_sessions(self) -> int:
+        """Sessions currently held (0 between evaluations); for leak tests and health checks."""
+        return len(self._matches)
+
+    def _run(self, ruleset_key: tuple[str, str], facts: list[dict]) -> list[Finding]:
+        """Assert the facts in order, then end-of-facts, in a fresh session that is always deleted."""
+        ruleset = self._rulesets.get(ruleset_key)
         if ruleset is None:
             return []
         sid = uuid.uuid4().hex
         with _CORE_LOCK:
             self._matches[sid] = []
             try:
-                for fact in facts.context + facts.triggers + [_END_OF_FACTS]:  # hazards 3 and 7
+                for fact in facts + [_END_OF_FACTS]:  # hazards 3 and 7
                     self._assert(ruleset, {**fact, "sid": sid})
                 matches = self._matches[sid]
             finally:
                 del self._matches[sid]
                 self._host.delete_state(ruleset, sid)
         return _merge(matches)
-
-    def live_sessions(self) -> int:
-        """Sessions currently held (0 between evaluations); for leak tests and health checks."""
-        return len(self._matches)
 
     def _assert(self, ruleset: str, fact: dict) -> None:
         try:
@@ -108,15 +116,30 @@ class RulesEngine:
         return collect
 
 
+def assessment_fact(finding: Finding) -> dict:
+    """The conclusion of an assessment rule as a fact other rules can match."""
+    rule = finding.rule
+    subject = finding.first(rule.assess.subject)
+    fact = {"kind": "assessment", "id": f"assessment:{rule.assess.label}:{subject['id']}",
+            "label": rule.assess.label, "subject": subject["id"], "rule": rule.id}
+    fact.update({key: subject[key] for key in ("ingredient", "drug_class") if key in subject})
+    return fact
+
+
+def _unique(facts: list[dict]) -> list[dict]:
+    return list({fact["id"]: fact for fact in facts}.values())
+
+
 def _ignore(c) -> None:
     """The end-of-facts action: its only job is to have run (hazard 7)."""
 
 
 def _merge(matches: list[tuple[CompiledRule, dict[str, dict]]]) -> list[Finding]:
-    """One finding per rule and concern (the card.one_per fact), whatever the number of matches."""
+    """One finding per rule and concern (card.one_per or assess.subject), whatever the number of matches."""
     findings: dict[tuple[str, str], Finding] = {}
     for rule, bound in matches:
-        concern = bound[rule.card.one_per]["id"] if rule.card.one_per else ""
+        concern_alias = rule.assess.subject if rule.assess else rule.card.one_per
+        concern = bound[concern_alias]["id"] if concern_alias else ""
         finding = findings.setdefault((rule.id, concern), Finding(rule))
         for alias, fact in bound.items():
             fact.pop("sid", None)

@@ -20,6 +20,8 @@ from cds_hooks.exposures import exposure_facts, medication_concept, medication_r
 from cds_hooks.fhir_read import codings, concept_text, parse_date, read_each, reference_of
 from cds_hooks.terminology import Terminology
 
+END_OF_FACTS = "end-of-facts"  # asserted last in every evaluation (engine.py)
+
 FACT_FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(fields.split()) for kind, fields in {
         "patient": "id age gender",
@@ -31,6 +33,8 @@ FACT_FIELDS: dict[str, frozenset[str]] = {
         "procedure": "id reference display value_sets status date days_ago",
         "service_request": "id reference display value_sets status date days_ago",
         "trigger": "id origin hook reference resource_type ingredient drug_class display value_sets daily_mg",
+        "assessment": "id label subject rule ingredient drug_class",  # concluded by assessment rules
+        END_OF_FACTS: "id",
     }.items()
 }
 TRIGGER_KINDS = frozenset({"trigger"})

@@ -7,6 +7,8 @@ The clause language (documented in README "Writing a rule"):
     field: {not: value}             inequality
     field: {in: [a, b]}             one of
     field: {contains: value}        a list field holds the value (e.g. value_sets)
+    field: {contains_any: [a, b]}   a list field holds one of the values
+    field: {matches: regex}         the whole text field matches the regular expression
     field: {exists: true|false}     the field is present / absent
     any: [clause, ...]              OR of clause mappings
     all: [clause, ...]              AND of clause mappings
@@ -19,6 +21,7 @@ error says which.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,9 +72,22 @@ def _operator(field: str, op: str, operand: Any, scope: Scope) -> dict:
         return {"$or": [{field: v} for v in values]}
     if op == "contains":
         return {"$iany": {field: {"$i": _value(field, operand, scope)}}}
+    if op == "contains_any":
+        return {"$or": [{"$iany": {field: {"$i": v}}} for v in _value(field, operand, scope, many=True)]}
+    if op == "matches":
+        return {"$mt": {field: _pattern(field, _resolve(operand, scope))}}
     if op == "exists":
         return {"$ex" if operand else "$nex": {field: 1}}
-    raise PatternError(f"{field}: unknown operator {op!r} (known: {', '.join([*_COMPARISONS, 'in', 'contains', 'exists'])})")
+    known = [*_COMPARISONS, "in", "contains", "contains_any", "matches", "exists"]
+    raise PatternError(f"{field}: unknown operator {op!r} (known: {', '.join(known)})")
+
+
+def _pattern(field: str, regex: Any) -> str:
+    try:
+        re.compile(regex)
+    except (re.error, TypeError) as exc:
+        raise PatternError(f"{field}: 'matches' needs a regular expression: {exc}") from exc
+    return regex
 
 
 def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
@@ -80,7 +96,7 @@ def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
         return value
     values = value if many else [value]
     if many and (not isinstance(value, list) or not value):
-        raise PatternError(f"{field}: 'in' needs a non-empty list, got {value!r}")
+        raise PatternError(f"{field}: needs a non-empty list, got {value!r}")
     allowed = scope.vocabulary.get(field)
     unknown = [v for v in values if allowed is not None and v not in allowed]
     if unknown:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import re
 import string
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cds_hooks.facts import FACT_FIELDS, TRIGGER_KINDS
+from cds_hooks.facts import END_OF_FACTS, FACT_FIELDS, TRIGGER_KINDS
 from cds_hooks.patterns import PatternError, Scope, compile_where
 from cds_hooks.suggestions import SUGGESTION_BUILDERS
 from cds_hooks.terminology import Terminology
@@ -66,6 +67,7 @@ class CodingSpec(_Spec):
 class SuggestionSpec(_Spec):
     kind: str
     label: str
+    order: str | dict[str, Any] | None = None  # what to order: inline, or "$parameter"
 
 
 class CardSpec(_Spec):
@@ -79,6 +81,13 @@ class CardSpec(_Spec):
     suggestions: list[SuggestionSpec] = []
 
 
+class AssessSpec(_Spec):
+    """What an assessment rule concludes: a derived ``assessment`` fact about one bound fact."""
+
+    label: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    subject: str
+
+
 class RuleSpec(_Spec):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str
@@ -86,15 +95,44 @@ class RuleSpec(_Spec):
     hooks: list[Literal["order-select", "order-sign", "patient-view"]] = Field(min_length=1)
     description: str
     parameters: dict[str, ParameterSpec] = {}
+    variant_set: str | None = None  # variants shared with other rules of the pack
     variants: dict[str, dict[str, Any]] = {}
     when: list[PatternSpec | NoneSpec] = Field(min_length=1)
-    card: CardSpec
+    card: CardSpec | None = None
+    assess: AssessSpec | None = None
+
+    @model_validator(mode="after")
+    def _card_or_assessment(self) -> RuleSpec:
+        if (self.card is None) == (self.assess is None):
+            raise ValueError("a rule has either a 'card' or an 'assess' section")
+        return self
+
+
+class DecisionSpec(_Spec):
+    """A recommendation of a source article that is deliberately not (or not fully) automated."""
+
+    source: str
+    recommendation: str
+    decision: str
 
 
 class PackSpec(_Spec):
     pack: str
     title: str
+    variant_sets: dict[str, dict[str, dict[str, Any]]] = {}
     rules: list[RuleSpec]
+    decisions: list[DecisionSpec] = []
+
+    @model_validator(mode="after")
+    def _variant_sets_exist(self) -> PackSpec:
+        for rule in self.rules:
+            if rule.variant_set and rule.variant_set not in self.variant_sets:
+                raise ValueError(f"rule {rule.id}: variant_set {rule.variant_set!r} is not defined in variant_sets")
+        return self
+
+    def variants_of(self, rule: RuleSpec) -> dict[str, dict[str, Any]]:
+        shared = self.variant_sets.get(rule.variant_set, {}) if rule.variant_set else {}
+        return {name: {**shared.get(name, {}), **rule.variants.get(name, {})} for name in {**shared, **rule.variants}}
 
 
 class SiteRuleSettings(_Spec):
@@ -104,6 +142,7 @@ class SiteRuleSettings(_Spec):
 
 class SiteSettings(_Spec):
     rules: dict[str, SiteRuleSettings] = {}
+    variant_sets: dict[str, dict[str, dict[str, Any]]] = {}  # variant set -> variant -> parameter values
 
 
 @dataclass(frozen=True)
@@ -115,7 +154,10 @@ class CompiledRule:
     parameters: dict[str, Any]
     aliases: dict[str, str]  # alias -> fact kind
     condition: list[dict]  # the durable_rules "all" list, context first, triggers, then none
-    card: CardSpec
+    card: CardSpec | None
+    assess: AssessSpec | None
+    description: str
+    parameter_specs: dict[str, ParameterSpec]
     source_file: str
 
 
@@ -133,17 +175,33 @@ def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Termino
 
 
 def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[PackSpec]) -> None:
-    """Site settings may only name rules (inactive ones included) and parameters that exist."""
-    parameters_of = {}
-    for rule in (rule for pack in packs for rule in pack.rules):
-        for rule_id in [rule.id, *(f"{rule.id}.{variant}" for variant in rule.variants)]:
-            parameters_of[rule_id] = set(rule.parameters)
+    """Site settings may only name rules (inactive ones included), variants and parameters that exist."""
+    parameters_of: dict[str, set[str]] = {}
+    set_parameters: dict[str, set[str]] = defaultdict(set)  # variant set -> parameters of the rules using it
+    set_variants: dict[str, set[str]] = {}
+    for pack in packs:
+        set_variants.update({name: set(variants) for name, variants in pack.variant_sets.items()})
+        for rule in pack.rules:
+            for rule_id in [rule.id, *(f"{rule.id}.{variant}" for variant in pack.variants_of(rule))]:
+                parameters_of[rule_id] = set(rule.parameters)
+            if rule.variant_set:
+                set_parameters[rule.variant_set] |= set(rule.parameters)
     for rule_id, settings in site.rules.items():
         if rule_id not in parameters_of:
             raise RulePackError(f"{path}: rule {rule_id}: no such rule in the rule packs")
-        unknown = sorted(set(settings.parameters) - parameters_of[rule_id])
-        if unknown:
-            raise RulePackError(f"{path}: rule {rule_id}: unknown parameter {unknown[0]!r}")
+        _no_unknown(settings.parameters, parameters_of[rule_id], f"{path}: rule {rule_id}: unknown parameter")
+    for name, variants in site.variant_sets.items():
+        if name not in set_variants:
+            raise RulePackError(f"{path}: variant set {name}: no such variant set in the rule packs")
+        _no_unknown(variants, set_variants[name], f"{path}: variant set {name}: unknown variant")
+        for variant, values in variants.items():
+            _no_unknown(values, set_parameters[name], f"{path}: variant set {name}.{variant}: unknown parameter")
+
+
+def _no_unknown(given: dict, known: set[str], message: str) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise RulePackError(f"{message} {unknown[0]!r}")
 
 
 def _read_pack(path: Path) -> PackSpec:
@@ -176,10 +234,11 @@ def _compile_pack(pack: PackSpec, path: Path, site: SiteSettings, terminology: T
     for rule in pack.rules:
         if rule.status != "active":
             continue
-        for variant, values in (rule.variants or {None: {}}).items():
+        site_values = site.variant_sets.get(rule.variant_set or "", {})
+        for variant, values in (pack.variants_of(rule) or {None: {}}).items():
             rule_id = f"{rule.id}.{variant}" if variant else rule.id
             try:
-                parameters = _parameters(rule, values, site, rule_id)
+                parameters = _parameters(rule, {**values, **site_values.get(variant, {})}, site, rule_id)
                 compiled.append(_compile(rule, rule_id, parameters, terminology, path))
             except (PatternError, RulePackError) as exc:
                 raise RulePackError(f"{path}: rule {rule_id}: {exc}") from exc
@@ -203,10 +262,15 @@ def _parameters(rule: RuleSpec, variant_values: dict, site: SiteSettings, rule_i
 
 def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Terminology, path: Path) -> CompiledRule:
     positives = [p for p in rule.when if isinstance(p, PatternSpec)]
+    triggered = any(p.fact in TRIGGER_KINDS for p in positives)
+    if rule.card and not triggered:
+        raise RulePackError("'when' needs a trigger fact: card rules fire on what is being ordered or opened")
+    if rule.assess and triggered:
+        raise RulePackError("an assessment rule judges the record only: no trigger fact in 'when'")
+    if rule.assess:  # assessed once the whole record is in: end-of-facts completes the match
+        positives = positives + [PatternSpec(fact=END_OF_FACTS)]
     ordered = ([p for p in positives if p.fact not in TRIGGER_KINDS] + [p for p in positives if p.fact in TRIGGER_KINDS]
                + [n.none for n in rule.when if isinstance(n, NoneSpec)])
-    if not any(p.fact in TRIGGER_KINDS for p in positives):
-        raise RulePackError(f"'when' needs a {'/'.join(sorted(TRIGGER_KINDS))} fact: rules fire on what is being ordered")
     vocabulary = _vocabulary(terminology)
     aliases: dict[str, str] = {}
     condition = []
@@ -219,9 +283,12 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         condition.append({name: compile_where(pattern.fact, pattern.where, scope)})
         if pattern.alias:
             aliases[pattern.alias] = pattern.fact
-    _check_card(rule.card, aliases, parameters)
-    return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases,
-                        condition, rule.card, str(path))
+    if rule.card:
+        _check_card(rule.card, aliases, parameters)
+    elif rule.assess.subject not in aliases:
+        raise RulePackError(f"assess.subject {rule.assess.subject!r} names no fact alias")
+    return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases, condition,
+                        rule.card, rule.assess, rule.description, rule.parameters, str(path))
 
 
 def _check_pattern(pattern: PatternSpec, negated: bool, aliases: dict[str, str]) -> None:
