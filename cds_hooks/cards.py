@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import string
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from cds_hooks.engine import Finding
 from cds_hooks.protocol import Card
-from cds_hooks.suggestions import SUGGESTION_BUILDERS, SuggestionInput
+from cds_hooks.suggestions import SUGGESTION_BUILDERS, SuggestionInput, resolve_order
 from cds_hooks.terminology import Terminology
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def _suggestions(finding: Finding, values: dict, patient_id: str, terminology: T
     )
     suggestions = []
     for spec in rule.card.suggestions:
-        actions = SUGGESTION_BUILDERS[spec.kind](given)
+        actions = SUGGESTION_BUILDERS[spec.kind].build(replace(given, order=resolve_order(spec.order, rule.parameters)))
         if actions:
             suggestions.append({"label": _fill(spec.label, values), "uuid": str(uuid.uuid4()), "actions": actions})
     return suggestions

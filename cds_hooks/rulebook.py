@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from cds_hooks.facts import END_OF_FACTS, FACT_FIELDS, TRIGGER_KINDS
 from cds_hooks.patterns import PatternError, Scope, compile_where
-from cds_hooks.suggestions import SUGGESTION_BUILDERS
+from cds_hooks.suggestions import SUGGESTION_BUILDERS, check_order, resolve_order
 from cds_hooks.terminology import Terminology
 
 HOOKS = ("order-select", "order-sign", "patient-view")
@@ -284,7 +284,7 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         if pattern.alias:
             aliases[pattern.alias] = pattern.fact
     if rule.card:
-        _check_card(rule.card, aliases, parameters)
+        _check_card(rule.card, aliases, parameters, terminology)
     elif rule.assess.subject not in aliases:
         raise RulePackError(f"assess.subject {rule.assess.subject!r} names no fact alias")
     return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases, condition,
@@ -300,12 +300,11 @@ def _check_pattern(pattern: PatternSpec, negated: bool, aliases: dict[str, str])
         raise RulePackError(f"alias {pattern.alias!r} must be a new lower-case name other than 'params'")
 
 
-def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict) -> None:
+def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict, terminology: Terminology) -> None:
     if card.one_per is not None and card.one_per not in aliases:
         raise RulePackError(f"card.one_per {card.one_per!r} names no fact alias")
     for suggestion in card.suggestions:
-        if suggestion.kind not in SUGGESTION_BUILDERS:
-            raise RulePackError(f"unknown suggestion kind {suggestion.kind!r} (known: {', '.join(SUGGESTION_BUILDERS)})")
+        _check_suggestion(suggestion, parameters, terminology)
     templates = [card.summary, card.detail, *(s.label for s in card.suggestions)]
     for template in templates:
         for _, field_name, format_spec, conversion in string.Formatter().parse(template):
@@ -314,6 +313,20 @@ def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict) -> No
                                     "supported (numbers are formatted by the card renderer)")
             if field_name is not None:
                 _check_placeholder(field_name, aliases, parameters)
+
+
+def _check_suggestion(suggestion: SuggestionSpec, parameters: dict, terminology: Terminology) -> None:
+    builder = SUGGESTION_BUILDERS.get(suggestion.kind)
+    if builder is None:
+        raise RulePackError(f"unknown suggestion kind {suggestion.kind!r} (known: {', '.join(SUGGESTION_BUILDERS)})")
+    if not builder.needs_order:
+        return
+    if isinstance(suggestion.order, str) and suggestion.order[1:] not in parameters:
+        raise RulePackError(f"suggestion {suggestion.kind!r}: unknown parameter {suggestion.order!r}")
+    try:
+        check_order(resolve_order(suggestion.order, parameters), terminology)
+    except ValueError as exc:
+        raise RulePackError(f"suggestion {suggestion.kind!r}: {exc}") from exc
 
 
 def _check_placeholder(name: str, aliases: dict[str, str], parameters: dict) -> None:

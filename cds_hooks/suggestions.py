@@ -1,8 +1,14 @@
 """One-click suggestions: the FHIR actions a card offers, built from the facts that fired it.
 
-A rule pack names a suggestion by ``kind``; each kind is a builder here. Every resource a
-suggestion creates is validated with ``fhir.resources.R4B`` before it leaves the service.
-A builder returns no actions when it has nothing safe to offer (no next titration step, no
+A rule pack names a suggestion by ``kind``; each kind is a builder here. Kinds that order
+something take an ``order`` from the pack:
+
+    medication: {rxnorm: "596930", dose_mg: 30, times_per_day: 1, when: [HS], text: "..."}
+    service:    {system: http://loinc.org, code: 2132-9, display: "...", text: "..."}
+
+Every resource a suggestion creates is validated with ``fhir.resources.R4B`` before it
+leaves the service, and once at start-up with a placeholder patient (``check_order``). A
+builder returns no actions when it has nothing safe to offer (no next titration step, no
 draft order to remove), and the suggestion is then left out.
 """
 
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from cds_hooks.terminology import RXNORM, Terminology
 
@@ -27,20 +34,21 @@ class SuggestionInput:
     parameters: dict[str, Any]
     patient_id: str
     terminology: Terminology
+    order: dict | None = None  # the suggestion's order, parameters resolved
 
 
 def titrate_medication(given: SuggestionInput) -> list[dict]:
-    """A draft MedicationRequest at the first titration step above the dose reached."""
+    """A draft MedicationRequest at the first step of ``titration_steps`` above the dose reached."""
     trial = given.subject
     reached = trial.get("current_daily_mg", trial.get("max_daily_mg"))
     steps = given.parameters.get("titration_steps", {}).get(trial.get("ingredient"), [])
     step = next((s for s in steps if reached is not None and s["daily_mg"] > reached), None)
-    if step is None:
-        return []
-    product = given.terminology.products[str(step["rxnorm"])]
-    resource = _medication_request(step, product, given)
-    MedicationRequest.model_validate(resource)  # raises on an invalid resource: no card beats a bad order
-    return [{"type": "create", "description": f"Order {product['display']}, {_sig(step)}", "resource": resource}]
+    return [_create(step, given)] if step else []
+
+
+def order(given: SuggestionInput) -> list[dict]:
+    """Create the suggestion's order (a MedicationRequest or a ServiceRequest)."""
+    return [_create(given.order, given)]
 
 
 def remove_trigger_order(given: SuggestionInput) -> list[dict]:
@@ -49,33 +57,86 @@ def remove_trigger_order(given: SuggestionInput) -> list[dict]:
              "resourceId": t["reference"]} for t in given.triggers if t.get("origin") == "draft"]
 
 
-SUGGESTION_BUILDERS: dict[str, Callable[[SuggestionInput], list[dict]]] = {
-    "titrate-medication": titrate_medication,
-    "remove-trigger-order": remove_trigger_order,
+def replace_trigger_order(given: SuggestionInput) -> list[dict]:
+    """Delete the draft orders that fired the card and create the suggestion's order instead."""
+    removals = remove_trigger_order(given)
+    return removals + order(given) if removals else []
+
+
+@dataclass(frozen=True)
+class Builder:
+    build: Callable[[SuggestionInput], list[dict]]
+    needs_order: bool = False
+
+
+SUGGESTION_BUILDERS: dict[str, Builder] = {
+    "titrate-medication": Builder(titrate_medication),
+    "order": Builder(order, needs_order=True),
+    "remove-trigger-order": Builder(remove_trigger_order),
+    "replace-trigger-order": Builder(replace_trigger_order, needs_order=True),
 }
 
 
-def _medication_request(step: dict, product: dict, given: SuggestionInput) -> dict:
-    repeat: dict[str, Any] = {"frequency": step["times_per_day"], "period": 1, "periodUnit": "d"}
-    if step.get("when"):
-        repeat["when"] = step["when"]
+def resolve_order(order: str | dict | None, parameters: dict) -> dict | None:
+    """A suggestion's order: inline, or the rule parameter it names with "$name"."""
+    return parameters[order[1:]] if isinstance(order, str) else order
+
+
+def check_order(order_spec: dict, terminology: Terminology) -> None:
+    """Build and validate the order for a placeholder patient; raises ValueError when it cannot be sent."""
+    if not isinstance(order_spec, dict):
+        raise ValueError(f"an order is a mapping, got {order_spec!r}")
+    try:
+        _create(order_spec, SuggestionInput({}, [], {}, "placeholder", terminology))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"order {order_spec!r} is not a valid FHIR R4 order: {exc}") from exc
+
+
+def _create(spec: dict, given: SuggestionInput) -> dict:
+    if "rxnorm" in spec:
+        resource = _medication_request(spec, given)
+        MedicationRequest.model_validate(resource)  # raises on an invalid resource: no card beats a bad order
+    else:
+        resource = _service_request(spec, given)
+        ServiceRequest.model_validate(resource)
+    what = resource.get("medicationCodeableConcept", resource.get("code"))["text"]
+    return {"type": "create", "description": f"Order {what}", "resource": resource}
+
+
+def _medication_request(spec: dict, given: SuggestionInput) -> dict:
+    product = given.terminology.products[str(spec["rxnorm"])]
+    dosage: dict[str, Any] = {"text": spec.get("text") or _sig(spec)}
+    if "dose_mg" in spec:
+        repeat: dict[str, Any] = {"frequency": spec["times_per_day"], "period": 1, "periodUnit": "d"}
+        if spec.get("when"):
+            repeat["when"] = spec["when"]
+        dosage["timing"] = {"repeat": repeat}
+        dosage["doseAndRate"] = [{"doseQuantity": {"value": spec["dose_mg"], "unit": "mg", "system": UCUM, "code": "mg"}}]
     return {
         "resourceType": "MedicationRequest",
         "status": "draft",
         "intent": "order",
         "subject": {"reference": f"Patient/{given.patient_id}"},
         "medicationCodeableConcept": {
-            "coding": [{"system": RXNORM, "code": str(step["rxnorm"]), "display": product["display"]}],
+            "coding": [{"system": RXNORM, "code": str(spec["rxnorm"]), "display": product["display"]}],
             "text": product["display"],
         },
-        "dosageInstruction": [{
-            "text": f"{_sig(step)} ({step['daily_mg']} mg/day)",
-            "timing": {"repeat": repeat},
-            "doseAndRate": [{"doseQuantity": {"value": step["dose_mg"], "unit": "mg", "system": UCUM, "code": "mg"}}],
-        }],
+        "dosageInstruction": [dosage],
+    }
+
+
+def _service_request(spec: dict, given: SuggestionInput) -> dict:
+    coding = {key: str(spec[key]) for key in ("system", "code", "display") if key in spec}
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{given.patient_id}"},
+        "code": {"coding": [coding], "text": spec.get("text") or spec["display"]},
     }
 
 
 def _sig(step: dict) -> str:
     times = "at bedtime" if step.get("when") == ["HS"] else _TIMES.get(step["times_per_day"], f"{step['times_per_day']} times daily")
-    return f"{step['dose_mg']} mg by mouth {times}"
+    daily = f" ({step['daily_mg']} mg/day)" if "daily_mg" in step else ""
+    return f"{step['dose_mg']} mg by mouth {times}{daily}"
