@@ -91,16 +91,16 @@ def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: da
 
 
 def _lab_facts(observations: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
-    """The latest numeric result per lab value set."""
+    """The latest final result per lab value set; ``value`` only for numeric results."""
     def read(obs: dict) -> list[dict] | None:
         taken = parse_date(obs.get("effectiveDateTime") or obs.get("issued")
                            or (obs.get("effectivePeriod") or {}).get("start"))
-        quantity = obs.get("valueQuantity") or {}
-        if obs.get("status") not in _RESULT_STATUSES or taken is None or "value" not in quantity:
+        if obs.get("status") not in _RESULT_STATUSES or taken is None:
             return None
+        quantity = obs.get("valueQuantity") or {}
         return [_compact({
             "kind": "lab", "id": f"lab:{concept}", "reference": reference_of(obs), "concept": concept,
-            "value": quantity["value"], "unit": quantity.get("unit") or quantity.get("code"),
+            "value": quantity.get("value"), "unit": quantity.get("unit") or quantity.get("code"),
             "date": taken.isoformat(), "days_ago": _days_between(taken, as_of),
         }) for concept in terminology.value_sets_of(codings(obs.get("code")))]
 

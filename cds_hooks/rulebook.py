@@ -323,8 +323,15 @@ def _check_suggestion(suggestion: SuggestionSpec, parameters: dict, terminology:
         return
     if isinstance(suggestion.order, str) and suggestion.order[1:] not in parameters:
         raise RulePackError(f"suggestion {suggestion.kind!r}: unknown parameter {suggestion.order!r}")
+    order = resolve_order(suggestion.order, parameters)
     try:
-        check_order(resolve_order(suggestion.order, parameters), terminology)
+        if builder.orders_by_class:
+            if not isinstance(order, dict) or set(order) - set(terminology.drug_classes):
+                raise ValueError(f"needs a mapping of drug class -> order, got {order!r}")
+            for each in order.values():
+                check_order(each, terminology)
+        else:
+            check_order(order, terminology)
     except ValueError as exc:
         raise RulePackError(f"suggestion {suggestion.kind!r}: {exc}") from exc
 

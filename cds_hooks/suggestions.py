@@ -51,6 +51,12 @@ def order(given: SuggestionInput) -> list[dict]:
     return [_create(given.order, given)]
 
 
+def order_for_subject_class(given: SuggestionInput) -> list[dict]:
+    """Create the order listed for the drug class of the card's subject (none listed: no suggestion)."""
+    chosen = given.order.get(given.subject.get("drug_class"))
+    return [_create(chosen, given)] if chosen else []
+
+
 def remove_trigger_order(given: SuggestionInput) -> list[dict]:
     """Delete the draft orders that fired the card (never an active order from the record)."""
     return [{"type": "delete", "description": f"Remove the draft order for {t.get('display')}",
@@ -67,11 +73,13 @@ def replace_trigger_order(given: SuggestionInput) -> list[dict]:
 class Builder:
     build: Callable[[SuggestionInput], list[dict]]
     needs_order: bool = False
+    orders_by_class: bool = False  # the order is a mapping: drug class -> order
 
 
 SUGGESTION_BUILDERS: dict[str, Builder] = {
     "titrate-medication": Builder(titrate_medication),
     "order": Builder(order, needs_order=True),
+    "order-for-subject-class": Builder(order_for_subject_class, needs_order=True, orders_by_class=True),
     "remove-trigger-order": Builder(remove_trigger_order),
     "replace-trigger-order": Builder(replace_trigger_order, needs_order=True),
 }
@@ -126,13 +134,15 @@ def _medication_request(spec: dict, given: SuggestionInput) -> dict:
 
 
 def _service_request(spec: dict, given: SuggestionInput) -> dict:
+    """A ServiceRequest coded when the order names a code (text alone where no code is verified)."""
     coding = {key: str(spec[key]) for key in ("system", "code", "display") if key in spec}
+    code = {"coding": [coding]} if coding else {}
     return {
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "order",
         "subject": {"reference": f"Patient/{given.patient_id}"},
-        "code": {"coding": [coding], "text": spec.get("text") or spec["display"]},
+        "code": {**code, "text": spec.get("text") or spec["display"]},
     }
 
 

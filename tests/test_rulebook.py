@@ -94,7 +94,8 @@ def by_id(rules) -> dict:
 def test_variants_become_dotted_ids():
     """A rule with variants compiles to `<id>.<variant>`, one per variant, with the variant's values."""
     rules = by_id(shipped_rules())
-    assert set(rules) == {f"first-line-inadequate-trial.{v}" for v in VARIANTS} | {"first-line-not-tolerated"}
+    assert {f"first-line-inadequate-trial.{v}" for v in VARIANTS} <= set(rules)
+    assert not {"first-line-inadequate-trial"} & set(rules)
     assert rules["first-line-inadequate-trial.pregabalin"].parameters["target_daily_mg"] == 300
     assert rules["first-line-inadequate-trial.pregabalin"].family == "first-line-inadequate-trial"
 
@@ -152,7 +153,7 @@ def test_cli_validate_lists_shipped_rules():
     assert result.exit_code == 0, result.output
     for rule in shipped_rules():
         assert rule.id in result.output
-    assert "ok: 6 rules" in result.output
+    assert f"ok: {len(shipped_rules())} rules" in result.output
 
 
 def test_cli_validate_reports_broken_copy(rules_dir):
