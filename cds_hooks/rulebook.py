@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import string
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -177,7 +176,7 @@ def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Termino
 def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[PackSpec]) -> None:
     """Site settings may only name rules (inactive ones included), variants and parameters that exist."""
     parameters_of: dict[str, set[str]] = {}
-    set_parameters: dict[str, set[str]] = defaultdict(set)  # variant set -> parameters of the rules using it
+    set_parameters: dict[str, set[str]] = {}  # variant set -> parameters every rule using it declares
     set_variants: dict[str, set[str]] = {}
     for pack in packs:
         set_variants.update({name: set(variants) for name, variants in pack.variant_sets.items()})
@@ -185,7 +184,8 @@ def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[Pack
             for rule_id in [rule.id, *(f"{rule.id}.{variant}" for variant in pack.variants_of(rule))]:
                 parameters_of[rule_id] = set(rule.parameters)
             if rule.variant_set:
-                set_parameters[rule.variant_set] |= set(rule.parameters)
+                shared = set_parameters.get(rule.variant_set, set(rule.parameters))
+                set_parameters[rule.variant_set] = shared & set(rule.parameters)
     for rule_id, settings in site.rules.items():
         if rule_id not in parameters_of:
             raise RulePackError(f"{path}: rule {rule_id}: no such rule in the rule packs")
@@ -195,7 +195,8 @@ def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[Pack
             raise RulePackError(f"{path}: variant set {name}: no such variant set in the rule packs")
         _no_unknown(variants, set_variants[name], f"{path}: variant set {name}: unknown variant")
         for variant, values in variants.items():
-            _no_unknown(values, set_parameters[name], f"{path}: variant set {name}.{variant}: unknown parameter")
+            _no_unknown(values, set_parameters.get(name, set()),
+                        f"{path}: variant set {name}.{variant}: unknown parameter")
 
 
 def _no_unknown(given: dict, known: set[str], message: str) -> None:

@@ -23,6 +23,11 @@ def shipped_rules() -> list[CompiledRule]:
     return load_rules(RULES / "packs", RULES / "site.yaml", load_terminology(RULES))
 
 
+def first_line_rules() -> list[CompiledRule]:
+    """The shipped first-line-trials pack only: the engine tests reason about its findings."""
+    return [rule for rule in shipped_rules() if rule.source_file.endswith("first-line-trials.yaml")]
+
+
 def load_dir(rules_dir: Path) -> list[CompiledRule]:
     """Load a rules/ folder the way the server does."""
     return load_rules(rules_dir / "packs", rules_dir / "site.yaml", load_terminology(rules_dir))

@@ -197,16 +197,19 @@ def test_hook_response_has_server_timing(headline):
 # Other cases -------------------------------------------------------------------------------
 
 
-def test_titrated_correctly_gets_no_cards(warm_client, fixture_request):
-    """Gabapentin titrated to 2400 mg/day and duloxetine 60 mg/day, oxycodone selected: no card."""
+def test_titrated_correctly_gets_no_trial_card(warm_client, fixture_request):
+    """Gabapentin titrated to 2400 mg/day and duloxetine 60 mg/day, combined, oxycodone selected:
+    no trial card; the next step offered is the pain specialist."""
     response = call(warm_client, fixture_request("order-select-titrated-correctly-oxycodone"))
     assert response.status_code == 200, response.text
-    assert response.json() == {"cards": []}
+    fired = list(cards_by_rule(response))
+    assert not [rule for rule in fired if rule.startswith("first-line-")]
+    assert "pain-specialist-referral" in fired
 
 
 def test_first_call_without_cards_does_not_crash_the_service(fresh_service, fixture_request):
     """A newly started service whose first call yields no card answers 200, and keeps serving."""
-    run = fresh_service([(ORDER_SELECT, fixture_request("order-select-titrated-correctly-oxycodone")),
+    run = fresh_service([(ORDER_SELECT, fixture_request("order-select-non-opioid-selected")),
                          (ORDER_SELECT, fixture_request(HEADLINE))])
     assert run.returncode == 0, f"service process died ({run.returncode}): {run.stderr}"
     assert run.responses[0] == {"status": 200, "body": {"cards": []}}

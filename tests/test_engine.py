@@ -14,14 +14,14 @@ from cds_hooks.engine import RulesEngine
 from cds_hooks.facts import FactSet
 from cds_hooks.terminology import load_terminology
 from rule_factories import (GABAPENTIN, NOT_TOLERATED, RULES, condition, copy_rules, engine_survives_no_match,
-                            gabapentin, load_dir, medication, shipped_rules, snri_pack, trigger, write_yaml)
+                            first_line_rules, gabapentin, load_dir, medication, snri_pack, trigger, write_yaml)
 
 LAB = {"kind": "lab", "id": "lab:egfr", "reference": "Observation/egfr", "concept": "egfr", "value": 52, "unit": "mL/min"}
 
 
 @pytest.fixture(scope="module")
 def engine() -> RulesEngine:
-    return RulesEngine(shipped_rules())
+    return RulesEngine(first_line_rules())
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ TWO_TRIALS = FactSet([condition(), gabapentin(), medication("MedicationStatement
 def test_failing_collector_drops_only_its_rule(caplog):
     """A rule whose match cannot be collected yields no finding and is logged; the others still answer."""
     rules = [dataclasses.replace(r, aliases={**r.aliases, "ghost": "lab"}) if r.id == GABAPENTIN else r
-             for r in shipped_rules()]
+             for r in first_line_rules()]
     with caplog.at_level(logging.ERROR, logger="cds_hooks.engine"):
         findings = RulesEngine(rules).evaluate("order-select", TWO_TRIALS)
     assert ids(findings) == [TCA]
