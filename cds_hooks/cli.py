@@ -85,3 +85,20 @@ def bench(repeats: int = 300) -> None:
     from cds_hooks import benchmark
 
     typer.echo(benchmark.report(benchmark.run(repeats=repeats)))
+
+
+@app.command()
+def catalogue(output: Path = Path("rules/CATALOGUE.md"),
+              check: Annotated[bool, typer.Option(help="Exit 1 if the file is not current; write nothing.")] = False) -> None:
+    """Write the rule catalogue (rules, triggers, parameters, citations, fixture cases) for clinical review."""
+    from cds_hooks.catalogue import render_catalogue
+
+    text = render_catalogue(Settings().rules_dir / "packs")
+    if check:
+        if not output.exists() or output.read_text() != text:
+            typer.secho(f"{output} is not current: run `cds-rules catalogue`", fg="red", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{output} is current")
+        return
+    output.write_text(text)
+    typer.echo(f"wrote {output}")

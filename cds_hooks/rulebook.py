@@ -163,7 +163,7 @@ class CompiledRule:
 def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Terminology) -> list[CompiledRule]:
     """Every active, site-enabled rule of every pack, compiled. Raises RulePackError."""
     site = _load_site_settings(site_settings)
-    packs = [(path, _read_pack(path)) for path in sorted(packs_dir.glob("*.yaml"))]
+    packs = [(path, read_pack(path)) for path in sorted(packs_dir.glob("*.yaml"))]
     _check_site_settings(site, site_settings, [pack for _, pack in packs])
     rules = [rule for path, pack in packs for rule in _compile_pack(pack, path, site, terminology)]
     ids = [r.id for r in rules]
@@ -205,7 +205,7 @@ def _no_unknown(given: dict, known: set[str], message: str) -> None:
         raise RulePackError(f"{message} {unknown[0]!r}")
 
 
-def _read_pack(path: Path) -> PackSpec:
+def read_pack(path: Path) -> PackSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
