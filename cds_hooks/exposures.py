@@ -75,7 +75,8 @@ def _co_medication(a: tuple[str, list[MedicationRecord]], b: tuple[str, list[Med
     (first, first_records), (second, second_records) = sorted([a, b], key=lambda pair: pair[1][0].drug.drug_class)
     return {"kind": "co_medication", "id": f"co_medication:{first}+{second}", "ingredients": [first, second],
             "drug_classes": [first_records[0].drug.drug_class, second_records[0].drug.drug_class],
-            "overlap_days": overlap}
+            "overlap_days": overlap,
+            "ongoing": all(any(r.status == "active" for r in group) for group in (first_records, second_records))}
 
 
 def _read_record(resource: dict, drug: Drug, status: str, as_of: date) -> MedicationRecord:

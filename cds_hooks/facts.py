@@ -28,7 +28,7 @@ FACT_FIELDS: dict[str, frozenset[str]] = {
         "condition": "id reference system code display value_sets onset days_since_onset",
         "medication": "id ingredient drug_class status course stop_reason dose_known start end days_on_therapy "
                       "max_daily_mg days_at_max current_daily_mg dose_unknown_reason rxnorm_codes sources",
-        "co_medication": "id ingredients drug_classes overlap_days",
+        "co_medication": "id ingredients drug_classes overlap_days ongoing",
         "lab": "id reference concept value unit date days_ago",
         "procedure": "id reference display value_sets status date days_ago",
         "service_request": "id reference display value_sets status date days_ago",
