@@ -65,7 +65,7 @@ def render_card(finding: Finding, patient_id: str, terminology: Terminology) -> 
 
 def _suggestions(finding: Finding, values: dict, patient_id: str, terminology: Terminology) -> list[dict]:
     rule = finding.rule
-    subject_alias = rule.card.one_per or next(iter(finding.bindings))
+    subject_alias = rule.card.subject or rule.card.one_per or next(iter(finding.bindings))
     given = SuggestionInput(
         subject=finding.first(subject_alias),
         triggers=[fact for alias, kind in rule.aliases.items() if kind == "trigger" for fact in finding.bindings[alias]],

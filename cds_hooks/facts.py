@@ -25,7 +25,7 @@ END_OF_FACTS = "end-of-facts"  # asserted last in every evaluation (engine.py)
 FACT_FIELDS: dict[str, frozenset[str]] = {
     kind: frozenset(fields.split()) for kind, fields in {
         "patient": "id age gender",
-        "condition": "id reference system code display value_sets onset days_since_onset",
+        "condition": "id reference system code codes display value_sets onset days_since_onset",
         "medication": "id ingredient drug_class status course stop_reason dose_known start end days_on_therapy "
                       "max_daily_mg days_at_max current_daily_mg dose_unknown_reason rxnorm_codes sources",
         "co_medication": "id ingredients drug_classes overlap_days ongoing",
@@ -42,6 +42,10 @@ TRIGGER_KINDS = frozenset({"trigger"})
 _ACTIVE_CLINICAL = {None, "active", "recurrence", "relapse"}
 _UNCONFIRMED = {"refuted", "entered-in-error"}
 _RESULT_STATUSES = {"final", "amended", "corrected"}
+# A procedure counts once done or under way; a service request while it stands (a draft of
+# this very hook call included: it is being ordered now).
+_STANDING = {"procedure": {"completed", "in-progress"},
+             "service_request": {"draft", "active", "on-hold", "completed"}}
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ def build_facts(hook: str, context: dict, records: dict[str, list[dict]],
         + exposure_facts(history, terminology)
         + _lab_facts(records.get("observations", []), terminology, as_of)
         + _event_facts("procedure", records.get("procedures", []), terminology, as_of)
-        + _event_facts("service_request", records.get("serviceRequests", []), terminology, as_of)
+        + _event_facts("service_request", records.get("serviceRequests", []) + _draft_service_requests(context),
+                       terminology, as_of)
     )
     return FactSet(context=facts, triggers=_trigger_facts(hook, context, records, medications, terminology))
 
@@ -76,15 +81,16 @@ def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: da
     def read(condition: dict) -> dict | None:
         clinical = next((c.get("code") for c in codings(condition.get("clinicalStatus"))), None)
         verification = next((c.get("code") for c in codings(condition.get("verificationStatus"))), None)
-        value_sets = terminology.value_sets_of(codings(condition.get("code")))
-        if clinical not in _ACTIVE_CLINICAL or verification in _UNCONFIRMED or not value_sets:
+        if clinical not in _ACTIVE_CLINICAL or verification in _UNCONFIRMED:
             return None
         onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
-        primary = next(iter(codings(condition.get("code"))), {})
+        all_codings = codings(condition.get("code"))
+        primary = next(iter(all_codings), {})
         return _compact({
             "kind": "condition", "id": reference_of(condition), "reference": reference_of(condition),
             "system": primary.get("system"), "code": primary.get("code"),
-            "display": concept_text(condition.get("code")), "value_sets": value_sets,
+            "codes": [c["code"] for c in all_codings if c.get("code")],
+            "display": concept_text(condition.get("code")), "value_sets": terminology.value_sets_of(all_codings),
             "onset": onset and onset.isoformat(), "days_since_onset": _days_between(onset, as_of),
         })
     return read_each(conditions, read)
@@ -112,10 +118,10 @@ def _lab_facts(observations: list[dict], terminology: Terminology, as_of: date) 
 
 
 def _event_facts(kind: str, resources: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
-    """Procedures done and service requests (referrals, imaging) on record that a value set knows."""
+    """Procedures done and service requests (referrals, imaging) standing, that a value set knows."""
     def read(resource: dict) -> dict | None:
         value_sets = terminology.value_sets_of(codings(resource.get("code")))
-        if not value_sets or resource.get("status") == "entered-in-error":
+        if not value_sets or resource.get("status") not in _STANDING[kind]:
             return None
         when = parse_date(resource.get("performedDateTime") or resource.get("authoredOn")
                           or (resource.get("performedPeriod") or {}).get("start"))
@@ -126,6 +132,13 @@ def _event_facts(kind: str, resources: list[dict], terminology: Terminology, as_
             "days_ago": _days_between(when, as_of),
         })
     return read_each(resources, read)
+
+
+def _draft_service_requests(context: dict) -> list[dict]:
+    """ServiceRequests drafted in this call also count as ordered (an EMG signed with the MRI)."""
+    entries = (context.get("draftOrders") or {}).get("entry", [])
+    return [e["resource"] for e in entries
+            if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == "ServiceRequest"]
 
 
 def _trigger_facts(hook: str, context: dict, records: dict[str, list[dict]], medications: dict[str, dict],

@@ -9,6 +9,7 @@ The clause language (documented in README "Writing a rule"):
     field: {contains: value}        a list field holds the value (e.g. value_sets)
     field: {contains_any: [a, b]}   a list field holds one of the values
     field: {matches: regex}         the whole text field matches the regular expression
+    field: {contains_match: regex}  a list field holds a value matching the regular expression
     field: {exists: true|false}     the field is present / absent
     any: [clause, ...]              OR of clause mappings
     all: [clause, ...]              AND of clause mappings
@@ -75,24 +76,35 @@ def _operator(field: str, op: str, operand: Any, scope: Scope) -> dict:
     if op == "contains_any":
         return {"$or": [{"$iany": {field: {"$i": v}}} for v in _value(field, operand, scope, many=True)]}
     if op == "matches":
-        return {"$mt": {field: _pattern(field, _resolve(operand, scope))}}
+        return {"$mt": {field: _pattern(field, _resolve(field, operand, scope))}}
+    if op == "contains_match":
+        return {"$iany": {field: {"$mt": {"$i": _pattern(field, _resolve(field, operand, scope))}}}}
     if op == "exists":
         return {"$ex" if operand else "$nex": {field: 1}}
-    known = [*_COMPARISONS, "in", "contains", "contains_any", "matches", "exists"]
+    known = [*_COMPARISONS, "in", "contains", "contains_any", "matches", "contains_match", "exists"]
     raise PatternError(f"{field}: unknown operator {op!r} (known: {', '.join(known)})")
 
 
+# durable_rules runs its own regular-expression dialect: allow only what it and Python agree on.
+_PORTABLE_REGEX = re.compile(r"^[A-Za-z0-9 .\[\]*+?-]+$")
+
+
 def _pattern(field: str, regex: Any) -> str:
+    if not isinstance(regex, str) or not _PORTABLE_REGEX.match(regex):
+        raise PatternError(f"{field}: {regex!r} is not a supported regular expression "
+                           "(letters, digits, '.', '[...]', '*', '+', '?', '-'; no escapes or anchors)")
     try:
         re.compile(regex)
-    except (re.error, TypeError) as exc:
-        raise PatternError(f"{field}: 'matches' needs a regular expression: {exc}") from exc
+    except re.error as exc:
+        raise PatternError(f"{field}: {regex!r} is not a regular expression: {exc}") from exc
     return regex
 
 
 def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
-    value = _resolve(raw, scope)
+    value = _resolve(field, raw, scope)
     if isinstance(value, _Reference):
+        if many:
+            raise PatternError(f"{field}: a list operator takes a list, not a reference ({raw!r})")
         return value
     values = value if many else [value]
     if many and (not isinstance(value, list) or not value):
@@ -104,19 +116,19 @@ def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
     return value
 
 
-def _resolve(raw: Any, scope: Scope) -> Any:
+def _resolve(field: str, raw: Any, scope: Scope) -> Any:
     if isinstance(raw, str) and raw.startswith("$"):
         name = raw[1:]
         if name not in scope.parameters:
-            raise PatternError(f"unknown parameter {raw!r}")
+            raise PatternError(f"{field}: unknown parameter {raw!r}")
         return scope.parameters[name]
     if isinstance(raw, str) and raw.startswith("@"):
-        alias, _, field = raw[1:].partition(".")
+        alias, _, other = raw[1:].partition(".")
         if alias not in scope.aliases:
-            raise PatternError(f"{raw!r} names no earlier fact (earlier: {', '.join(scope.aliases) or 'none'})")
-        if field not in scope.aliases[alias]:
-            raise PatternError(f"{raw!r}: the {alias!r} fact has no field {field!r}")
-        return _Reference({alias: field})
+            raise PatternError(f"{field}: {raw!r} names no earlier fact (earlier: {', '.join(scope.aliases) or 'none'})")
+        if other not in scope.aliases[alias]:
+            raise PatternError(f"{field}: {raw!r}: the {alias!r} fact has no field {other!r}")
+        return _Reference({alias: other})
     return raw
 
 
@@ -126,8 +138,10 @@ def _and(terms: list[dict]) -> dict:
 
 def _references_first(terms: list[dict]) -> list[dict]:
     """durable_rules drops a comparison with another fact that follows an ``$or`` in the same
-    ``$and`` (it then matches too much); putting such comparisons first keeps them."""
-    return sorted(terms, key=lambda term: not _has_reference(term))
+    ``$and`` (it then matches too much); putting such comparisons first keeps them. Nested
+    ``$and`` lists are flattened first, so no comparison hides behind an ``$or`` inside them."""
+    flat = [item for term in terms for item in (term["$and"] if list(term) == ["$and"] else [term])]
+    return sorted(flat, key=lambda term: not _has_reference(term))
 
 
 def _has_reference(term: Any) -> bool:

@@ -70,7 +70,8 @@ class SuggestionSpec(_Spec):
 
 
 class CardSpec(_Spec):
-    one_per: str | None = None
+    one_per: str | None = None  # alias of the fact that makes one concern: one card per such fact
+    subject: str | None = None  # alias suggestions are built for (default: one_per, else the first fact)
     indicator: Literal["info", "warning", "critical"]
     summary: str
     detail: str
@@ -165,7 +166,9 @@ def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Termino
     site = _load_site_settings(site_settings)
     packs = [(path, read_pack(path)) for path in sorted(packs_dir.glob("*.yaml"))]
     _check_site_settings(site, site_settings, [pack for _, pack in packs])
-    rules = [rule for path, pack in packs for rule in _compile_pack(pack, path, site, terminology)]
+    labels = {rule.assess.label for _, pack in packs for rule in pack.rules if rule.assess and rule.status == "active"}
+    vocabulary = _vocabulary(terminology, labels)
+    rules = [rule for path, pack in packs for rule in _compile_pack(pack, path, site, terminology, vocabulary)]
     ids = [r.id for r in rules]
     duplicate = next((i for i in ids if ids.count(i) > 1), None)
     if duplicate:
@@ -230,7 +233,8 @@ def _raw_rule_id(raw: dict, index: int) -> str:
         return f"#{index + 1}"
 
 
-def _compile_pack(pack: PackSpec, path: Path, site: SiteSettings, terminology: Terminology) -> list[CompiledRule]:
+def _compile_pack(pack: PackSpec, path: Path, site: SiteSettings, terminology: Terminology,
+                  vocabulary: dict[str, frozenset[str]]) -> list[CompiledRule]:
     compiled = []
     for rule in pack.rules:
         if rule.status != "active":
@@ -240,7 +244,7 @@ def _compile_pack(pack: PackSpec, path: Path, site: SiteSettings, terminology: T
             rule_id = f"{rule.id}.{variant}" if variant else rule.id
             try:
                 parameters = _parameters(rule, {**values, **site_values.get(variant, {})}, site, rule_id)
-                compiled.append(_compile(rule, rule_id, parameters, terminology, path))
+                compiled.append(_compile(rule, rule_id, parameters, terminology, vocabulary, path))
             except (PatternError, RulePackError) as exc:
                 raise RulePackError(f"{path}: rule {rule_id}: {exc}") from exc
     return compiled
@@ -261,7 +265,8 @@ def _parameters(rule: RuleSpec, variant_values: dict, site: SiteSettings, rule_i
     return values
 
 
-def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Terminology, path: Path) -> CompiledRule:
+def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Terminology,
+             vocabulary: dict[str, frozenset[str]], path: Path) -> CompiledRule:
     positives = [p for p in rule.when if isinstance(p, PatternSpec)]
     triggered = any(p.fact in TRIGGER_KINDS for p in positives)
     if rule.card and not triggered:
@@ -272,7 +277,6 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         positives = positives + [PatternSpec(fact=END_OF_FACTS)]
     ordered = ([p for p in positives if p.fact not in TRIGGER_KINDS] + [p for p in positives if p.fact in TRIGGER_KINDS]
                + [n.none for n in rule.when if isinstance(n, NoneSpec)])
-    vocabulary = _vocabulary(terminology)
     aliases: dict[str, str] = {}
     condition = []
     for index, pattern in enumerate(ordered):
@@ -302,8 +306,10 @@ def _check_pattern(pattern: PatternSpec, negated: bool, aliases: dict[str, str])
 
 
 def _check_card(card: CardSpec, aliases: dict[str, str], parameters: dict, terminology: Terminology) -> None:
-    if card.one_per is not None and card.one_per not in aliases:
-        raise RulePackError(f"card.one_per {card.one_per!r} names no fact alias")
+    for field_name in ("one_per", "subject"):
+        alias = getattr(card, field_name)
+        if alias is not None and alias not in aliases:
+            raise RulePackError(f"card.{field_name} {alias!r} names no fact alias")
     for suggestion in card.suggestions:
         _check_suggestion(suggestion, parameters, terminology)
     templates = [card.summary, card.detail, *(s.label for s in card.suggestions)]
@@ -322,8 +328,9 @@ def _check_suggestion(suggestion: SuggestionSpec, parameters: dict, terminology:
         raise RulePackError(f"unknown suggestion kind {suggestion.kind!r} (known: {', '.join(SUGGESTION_BUILDERS)})")
     if not builder.needs_order:
         return
-    if isinstance(suggestion.order, str) and suggestion.order[1:] not in parameters:
-        raise RulePackError(f"suggestion {suggestion.kind!r}: unknown parameter {suggestion.order!r}")
+    if isinstance(suggestion.order, str) and (not suggestion.order.startswith("$") or suggestion.order[1:] not in parameters):
+        raise RulePackError(f"suggestion {suggestion.kind!r}: unknown parameter {suggestion.order!r} "
+                            "(an order is a mapping or names a $parameter)")
     order = resolve_order(suggestion.order, parameters)
     try:
         if builder.orders_by_class:
@@ -346,10 +353,12 @@ def _check_placeholder(name: str, aliases: dict[str, str], parameters: dict) -> 
     raise RulePackError(f"card placeholder {{{name}}} names no fact field or parameter")
 
 
-def _vocabulary(terminology: Terminology) -> dict[str, frozenset[str]]:
+def _vocabulary(terminology: Terminology, assessment_labels: set[str]) -> dict[str, frozenset[str]]:
+    """Values a clause may compare these fields with; anything else is a typo caught at load."""
     value_sets = frozenset(terminology.value_sets)
     return {"ingredient": frozenset(terminology.ingredients), "drug_class": frozenset(terminology.drug_classes),
-            "value_sets": value_sets, "concept": value_sets}
+            "drug_classes": frozenset(terminology.drug_classes), "ingredients": frozenset(terminology.ingredients),
+            "value_sets": value_sets, "concept": value_sets, "label": frozenset(assessment_labels)}
 
 
 def _load_site_settings(path: Path | None) -> SiteSettings:

@@ -285,10 +285,11 @@ def test_condition_not_current_or_not_confirmed_is_excluded(clinical, verificati
     assert [f for f in facts_of({"conditions": [record]}).context if f["kind"] == "condition"] == []
 
 
-def test_condition_outside_every_value_set_is_excluded():
-    """A condition no value set knows (e.g. a fracture) makes no condition fact."""
+def test_condition_outside_every_value_set_is_kept_with_its_codes():
+    """A condition no value set knows (e.g. a fracture) is still a fact, matchable by its codes."""
     record = condition("c1", ICD10, "S62.101A")
-    assert [f for f in facts_of({"conditions": [record]}).context if f["kind"] == "condition"] == []
+    [fact] = [f for f in facts_of({"conditions": [record]}).context if f["kind"] == "condition"]
+    assert fact["codes"] == ["S62.101A"] and "value_sets" not in fact
 
 
 # Labs -------------------------------------------------------------------------------------

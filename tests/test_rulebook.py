@@ -162,3 +162,149 @@ def test_cli_validate_reports_broken_copy(rules_dir):
     result = runner.invoke(app, ["validate", "--rules-dir", str(rules_dir)])
     assert result.exit_code == 1
     assert f"{path}: rule {RULE}: unknown field 'dose'" in result.output
+
+
+# --- assessment rules, variant sets and suggestion orders ------------------------------------------
+
+def as_assessment(rule: dict, subject: str = "trial", when: list | None = None) -> None:
+    """Turn the test rule into an assessment rule about a medication (or over ``when``)."""
+    rule.pop("card")
+    rule["assess"] = {"label": "judged", "subject": subject}
+    rule["when"] = when if when is not None else [{"fact": "medication", "as": "trial"}]
+
+
+def suggest(rule: dict, kind: str, order) -> None:
+    rule["card"]["suggestions"] = [{"kind": kind, "label": "Do it", "order": order}]
+
+
+GABAPENTIN_ORDER = {"rxnorm": "310431", "dose_mg": 300, "times_per_day": 3}
+
+BROKEN_ASSESSMENTS_AND_ORDERS = [
+    pytest.param(lambda r: as_assessment(r, when=[{"fact": "medication", "as": "trial"}, {"fact": "trigger", "as": "o"}]),
+                 "an assessment rule judges the record only: no trigger fact", id="assess-with-trigger"),
+    pytest.param(lambda r: r.update(when=[{"fact": "condition", "as": "dx"},
+                                          {"none": {"fact": "medication", "where": {"drug_class": "snri"}}}]),
+                 "'when' needs a trigger fact", id="card-without-trigger"),
+    pytest.param(lambda r: r.update(assess={"label": "judged", "subject": "order"}),
+                 "a rule has either a 'card' or an 'assess' section", id="card-and-assess"),
+    pytest.param(lambda r: r.pop("card"), "a rule has either a 'card' or an 'assess' section", id="neither"),
+    pytest.param(lambda r: as_assessment(r, subject="nobody"), "assess.subject 'nobody' names no fact alias",
+                 id="assess-subject-not-an-alias"),
+    pytest.param(lambda r: as_assessment(r, subject="m_0", when=[{"fact": "medication"}]),
+                 "assess.subject 'm_0' names no fact alias", id="assess-subject-unnamed-pattern"),
+    pytest.param(lambda r: suggest(r, "order", "$nope"), "suggestion 'order': unknown parameter '$nope'",
+                 id="order-unknown-parameter"),
+    pytest.param(lambda r: suggest(r, "replace-trigger-order", "$nope"),
+                 "suggestion 'replace-trigger-order': unknown parameter '$nope'", id="replace-unknown-parameter"),
+    pytest.param(lambda r: suggest(r, "order", {**GABAPENTIN_ORDER, "rxnorm": "999999"}), "'999999'",
+                 id="order-rxnorm-not-in-drug-table"),
+    pytest.param(lambda r: suggest(r, "order", {**GABAPENTIN_ORDER, "rxnorm": "25480"}), "'25480'",
+                 id="order-ingredient-code-not-a-product"),
+    pytest.param(lambda r: suggest(r, "order", None), "suggestion 'order': an order is a mapping",
+                 id="order-missing"),
+    pytest.param(lambda r: suggest(r, "order", {"rxnorm": "310431", "dose_mg": 300}), "'times_per_day'",
+                 id="order-missing-times-per-day"),
+    pytest.param(lambda r: suggest(r, "order-for-subject-class", {"ssri": GABAPENTIN_ORDER}),
+                 "suggestion 'order-for-subject-class': needs a mapping of drug class -> order", id="order-by-unknown-class"),
+    pytest.param(lambda r: suggest(r, "order-for-subject-class", {"snri": {**GABAPENTIN_ORDER, "rxnorm": "1"}}),
+                 "suggestion 'order-for-subject-class': order", id="order-by-class-bad-order"),
+]
+
+
+@pytest.mark.parametrize("change, reason", BROKEN_ASSESSMENTS_AND_ORDERS)
+def test_broken_assessment_or_order_names_file_rule_and_reason(rules_dir, change, reason):
+    """An assessment or suggestion-order mistake stops loading with its pack file, rule id and reason."""
+    path = write_pack(rules_dir, change)
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    assert str(error.value).startswith(f"{path}: rule {RULE}: ")
+    assert reason in str(error.value)
+
+
+def test_variant_set_naming_an_undefined_set(rules_dir):
+    """A rule's variant_set naming a set the pack does not define stops loading with file, rule id and reason."""
+    path = write_pack(rules_dir, lambda r: r.update(variant_set="no-such-set"))
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ")
+    assert f"rule {RULE}: variant_set 'no-such-set' is not defined in variant_sets" in message
+
+
+@pytest.mark.parametrize("variant_sets, reason", [
+    ({"no-such-set": {"gabapentin": {"target_daily_mg": 2400}}}, "variant set no-such-set: no such variant set"),
+    ({"first-line-trial": {"oxcarbazepine": {"target_daily_mg": 2400}}},
+     "variant set first-line-trial: unknown variant 'oxcarbazepine'"),
+    ({"first-line-trial": {"gabapentin": {"target_dose": 2400}}},
+     "variant set first-line-trial.gabapentin: unknown parameter 'target_dose'"),
+    # only first-line-inadequate-trial declares titration_steps: not a parameter of every rule sharing the set
+    ({"first-line-trial": {"gabapentin": {"titration_steps": {}}}},
+     "variant set first-line-trial.gabapentin: unknown parameter 'titration_steps'"),
+], ids=["unknown-set", "unknown-variant", "unknown-parameter", "parameter-of-one-rule-only"])
+def test_site_variant_sets_mistakes(rules_dir, variant_sets, reason):
+    """site.yaml `variant_sets` naming an unknown set, variant or parameter stops loading with site.yaml and the reason."""
+    site = write_yaml(rules_dir / "site.yaml", {"variant_sets": variant_sets})
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    assert str(error.value).startswith(f"{site}: {reason}")
+
+
+ADEQUATE_GABAPENTIN = "first-line-adequate-trial.gabapentin"
+
+
+def test_site_variant_set_override_reaches_every_rule_of_the_set(rules_dir):
+    """A site variant_sets override changes that variant in both rules sharing the set, and nothing else."""
+    before = by_id(load_dir(rules_dir))
+    write_yaml(rules_dir / "site.yaml", {"variant_sets": {"first-line-trial": {"gabapentin": {"target_daily_mg": 2400}}}})
+    after = by_id(load_dir(rules_dir))
+    changed = {GABAPENTIN, ADEQUATE_GABAPENTIN}
+    for rule_id in changed:
+        assert before[rule_id].parameters["target_daily_mg"] == 1800
+        assert after[rule_id].parameters == {**before[rule_id].parameters, "target_daily_mg": 2400}
+        assert "2400" in str(after[rule_id].condition) and "1800" not in str(after[rule_id].condition)
+    assert set(after) == set(before)
+    assert {i: (r.parameters, r.condition) for i, r in after.items() if i not in changed} == \
+           {i: (r.parameters, r.condition) for i, r in before.items() if i not in changed}
+
+
+def test_rule_level_site_override_wins_over_variant_set_override(rules_dir):
+    """A site override of a rule (variant or family) wins over the site variant_sets value for that rule only."""
+    write_yaml(rules_dir / "site.yaml", {
+        "variant_sets": {"first-line-trial": {"gabapentin": {"target_daily_mg": 2400, "min_days_at_max": 21}}},
+        "rules": {ADEQUATE_GABAPENTIN: {"parameters": {"target_daily_mg": 3000}},
+                  "first-line-inadequate-trial": {"parameters": {"min_days_at_max": 7}}},
+    })
+    rules = by_id(load_dir(rules_dir))
+    assert rules[ADEQUATE_GABAPENTIN].parameters["target_daily_mg"] == 3000
+    assert rules[ADEQUATE_GABAPENTIN].parameters["min_days_at_max"] == 21
+    assert rules[GABAPENTIN].parameters["target_daily_mg"] == 2400
+    assert rules[GABAPENTIN].parameters["min_days_at_max"] == 7
+    assert rules["first-line-inadequate-trial.pregabalin"].parameters["min_days_at_max"] == 7  # the family override
+    assert rules["first-line-adequate-trial.pregabalin"].parameters["min_days_at_max"] == 0  # untouched
+
+
+def test_assessment_rule_compiles_with_end_of_facts(rules_dir):
+    """An assessment rule loads with its label and subject, and waits for end-of-facts to complete its match."""
+    write_pack(rules_dir, lambda r: as_assessment(r))
+    rule = by_id(load_dir(rules_dir))[RULE]
+    assert (rule.card, rule.assess.label, rule.assess.subject) == (None, "judged", "trial")
+    assert rule.condition[-1] == {"m_1": {"$and": [{"kind": "end-of-facts"}]}}
+
+
+def test_suggestion_order_by_parameter_loads(rules_dir):
+    """A suggestion `order: $name` naming a parameter that holds a valid order loads."""
+    def change(rule):
+        rule["parameters"]["alternative"] = {"default": GABAPENTIN_ORDER, "description": "what to order"}
+        suggest(rule, "replace-trigger-order", "$alternative")
+    write_pack(rules_dir, change)
+    assert by_id(load_dir(rules_dir))[RULE].parameters["alternative"] == GABAPENTIN_ORDER
+
+
+def test_suggestion_order_string_needs_a_dollar(rules_dir):
+    """A suggestion `order` string that does not start with `$` is rejected."""
+    def change(rule):
+        rule["parameters"]["alternative"] = {"default": GABAPENTIN_ORDER, "description": "what to order"}
+        suggest(rule, "order", "#alternative")
+    write_pack(rules_dir, change)
+    with pytest.raises(RulePackError, match=f"rule {RULE}: suggestion 'order'"):
+        load_dir(rules_dir)
