@@ -8,6 +8,7 @@ parameters, value sets, drug classes, card placeholders and suggestion kinds. A 
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from dataclasses import dataclass
@@ -288,12 +289,24 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         condition.append({name: compile_where(pattern.fact, pattern.where, scope)})
         if pattern.alias:
             aliases[pattern.alias] = pattern.fact
+    _check_parameters_used(rule)
     if rule.card:
         _check_card(rule.card, aliases, parameters, terminology)
     elif rule.assess.subject not in aliases:
         raise RulePackError(f"assess.subject {rule.assess.subject!r} names no fact alias")
     return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases, condition,
                         rule.card, rule.assess, rule.description, rule.parameters, str(path))
+
+
+def _check_parameters_used(rule: RuleSpec) -> None:
+    """A declared parameter nothing reads is a mistake (a renamed clause, a stale site override)."""
+    text = json.dumps([item.model_dump(by_alias=True) for item in rule.when]) + (rule.card.model_dump_json() if rule.card else "")
+    read_by_builders = {name for s in (rule.card.suggestions if rule.card else [])
+                        for name in SUGGESTION_BUILDERS.get(s.kind, SUGGESTION_BUILDERS["order"]).parameters}
+    unused = [name for name in rule.parameters
+              if f'"${name}"' not in text and f"params.{name}" not in text and name not in read_by_builders]
+    if unused:
+        raise RulePackError(f"parameter {unused[0]!r} is declared but no clause, card text or suggestion uses it")
 
 
 def _check_pattern(pattern: PatternSpec, negated: bool, aliases: dict[str, str]) -> None:

@@ -74,10 +74,11 @@ class Builder:
     build: Callable[[SuggestionInput], list[dict]]
     needs_order: bool = False
     orders_by_class: bool = False  # the order is a mapping: drug class -> order
+    parameters: tuple[str, ...] = ()  # rule parameters the builder reads
 
 
 SUGGESTION_BUILDERS: dict[str, Builder] = {
-    "titrate-medication": Builder(titrate_medication),
+    "titrate-medication": Builder(titrate_medication, parameters=("titration_steps",)),
     "order": Builder(order, needs_order=True),
     "order-for-subject-class": Builder(order_for_subject_class, needs_order=True, orders_by_class=True),
     "remove-trigger-order": Builder(remove_trigger_order),

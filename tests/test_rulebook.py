@@ -179,7 +179,13 @@ def suggest(rule: dict, kind: str, order) -> None:
 
 GABAPENTIN_ORDER = {"rxnorm": "310431", "dose_mg": 300, "times_per_day": 3}
 
+def declare_unused(rule: dict) -> None:
+    rule.setdefault("parameters", {})["forgotten"] = {"default": 1, "description": "read by nothing"}
+
+
 BROKEN_ASSESSMENTS_AND_ORDERS = [
+    pytest.param(declare_unused, "parameter 'forgotten' is declared but no clause, card text or suggestion uses it",
+                 id="unused-parameter"),
     pytest.param(lambda r: as_assessment(r, when=[{"fact": "medication", "as": "trial"}, {"fact": "trigger", "as": "o"}]),
                  "an assessment rule judges the record only: no trigger fact", id="assess-with-trigger"),
     pytest.param(lambda r: r.update(when=[{"fact": "condition", "as": "dx"},
