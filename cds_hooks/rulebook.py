@@ -289,11 +289,11 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         condition.append({name: compile_where(pattern.fact, pattern.where, scope)})
         if pattern.alias:
             aliases[pattern.alias] = pattern.fact
-    _check_parameters_used(rule)
     if rule.card:
         _check_card(rule.card, aliases, parameters, terminology)
     elif rule.assess.subject not in aliases:
         raise RulePackError(f"assess.subject {rule.assess.subject!r} names no fact alias")
+    _check_parameters_used(rule)
     return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases, condition,
                         rule.card, rule.assess, rule.description, rule.parameters, str(path))
 

@@ -169,6 +169,7 @@ def test_cli_validate_reports_broken_copy(rules_dir):
 def as_assessment(rule: dict, subject: str = "trial", when: list | None = None) -> None:
     """Turn the test rule into an assessment rule about a medication (or over ``when``)."""
     rule.pop("card")
+    rule.pop("parameters", None)  # they were read by the trigger pattern this drops
     rule["assess"] = {"label": "judged", "subject": subject}
     rule["when"] = when if when is not None else [{"fact": "medication", "as": "trial"}]
 
