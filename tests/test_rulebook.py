@@ -51,14 +51,6 @@ BROKEN_RULES = [
 ]
 
 
-@pytest.mark.parametrize("change, reason", BROKEN_RULES)
-def test_broken_rule_names_file_rule_and_reason(rules_dir, change, reason):
-    """A malformed rule stops loading with its pack file, its rule id and the reason."""
-    path = write_pack(rules_dir, change)
-    with pytest.raises(RulePackError) as error:
-        load_dir(rules_dir)
-    assert f"{path}: rule {RULE}: " in str(error.value)
-    assert reason in str(error.value)
 
 
 def test_yaml_syntax_error_names_file_and_line(rules_dir):
@@ -218,16 +210,6 @@ BROKEN_ASSESSMENTS_AND_ORDERS = [
 ]
 
 
-@pytest.mark.parametrize("change, reason", BROKEN_ASSESSMENTS_AND_ORDERS)
-def test_broken_assessment_or_order_names_file_rule_and_reason(rules_dir, change, reason):
-    """An assessment or suggestion-order mistake stops loading with its pack file, rule id and reason."""
-    path = write_pack(rules_dir, change)
-    with pytest.raises(RulePackError) as error:
-        load_dir(rules_dir)
-    assert str(error.value).startswith(f"{path}: rule {RULE}: ")
-    assert reason in str(error.value)
-
-
 def test_variant_set_naming_an_undefined_set(rules_dir):
     """A rule's variant_set naming a set the pack does not define stops loading with file, rule id and reason."""
     path = write_pack(rules_dir, lambda r: r.update(variant_set="no-such-set"))
@@ -315,3 +297,13 @@ def test_suggestion_order_string_needs_a_dollar(rules_dir):
     write_pack(rules_dir, change)
     with pytest.raises(RulePackError, match=f"rule {RULE}: suggestion 'order'"):
         load_dir(rules_dir)
+
+
+@pytest.mark.parametrize("change, reason", BROKEN_RULES + BROKEN_ASSESSMENTS_AND_ORDERS)
+def test_broken_rule_names_file_rule_and_reason(rules_dir, change, reason):
+    """A malformed rule stops loading with its pack file, its rule id and the reason."""
+    path = write_pack(rules_dir, change)
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    assert str(error.value).startswith(f"{path}: rule {RULE}: ")
+    assert reason in str(error.value)
