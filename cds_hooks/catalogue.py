@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from cds_hooks.fixtures import Fixture, all_fixtures
-from cds_hooks.rulebook import NoneSpec, PackSpec, PatternSpec, RuleSpec, read_pack
+from cds_hooks.rulebook import read_pack
+from cds_hooks.rulepack_schema import NoneSpec, PackSpec, PatternSpec, RuleSpec
 
 HEADER = """# Rule catalogue
 

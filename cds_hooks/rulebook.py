@@ -13,137 +13,23 @@ import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from cds_hooks.facts import END_OF_FACTS, FACT_FIELDS, TRIGGER_KINDS
 from cds_hooks.patterns import PatternError, Scope, compile_where
+from cds_hooks.rulepack_schema import (AssessSpec, CardSpec, NoneSpec, PackSpec, PatternSpec, RuleSpec, SiteRuleSettings,
+                                       SiteSettings, SuggestionSpec)
 from cds_hooks.suggestions import SUGGESTION_BUILDERS, check_order, resolve_order
 from cds_hooks.terminology import Terminology
 
-HOOKS = ("order-select", "order-sign", "patient-view")
-OVERRIDE_REASON_SYSTEM = "https://example.org/fhir/neuropathic-pain-cds/CodeSystem/override-reason"
 _ALIAS = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class RulePackError(ValueError):
     """A rule pack or site settings file that cannot be loaded; says file, rule id and reason."""
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class ParameterSpec(_Spec):
-    default: Any = None
-    unit: str | None = None
-    description: str
-    source: str | None = None
-
-
-class PatternSpec(_Spec):
-    fact: str
-    alias: str | None = Field(None, alias="as")
-    where: dict[str, Any] = {}
-
-
-class NoneSpec(_Spec):
-    none: PatternSpec
-
-
-class LinkSpec(_Spec):
-    label: str
-    url: str
-
-
-class CodingSpec(_Spec):
-    code: str
-    display: str
-    system: str = OVERRIDE_REASON_SYSTEM
-
-
-class SuggestionSpec(_Spec):
-    kind: str
-    label: str
-    order: str | dict[str, Any] | None = None  # what to order: inline, or "$parameter"
-
-
-class CardSpec(_Spec):
-    one_per: str | None = None  # alias of the fact that makes one concern: one card per such fact
-    subject: str | None = None  # alias suggestions are built for (default: one_per, else the first fact)
-    indicator: Literal["info", "warning", "critical"]
-    summary: str
-    detail: str
-    source: LinkSpec
-    links: list[LinkSpec] = []
-    override_reasons: list[CodingSpec] = []
-    suggestions: list[SuggestionSpec] = []
-
-
-class AssessSpec(_Spec):
-    """What an assessment rule concludes: a derived ``assessment`` fact about one bound fact."""
-
-    label: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    subject: str
-
-
-class RuleSpec(_Spec):
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    version: str
-    status: Literal["active", "draft", "retired"]
-    hooks: list[Literal["order-select", "order-sign", "patient-view"]] = Field(min_length=1)
-    description: str
-    parameters: dict[str, ParameterSpec] = {}
-    variant_set: str | None = None  # variants shared with other rules of the pack
-    variants: dict[str, dict[str, Any]] = {}
-    when: list[PatternSpec | NoneSpec] = Field(min_length=1)
-    card: CardSpec | None = None
-    assess: AssessSpec | None = None
-
-    @model_validator(mode="after")
-    def _card_or_assessment(self) -> RuleSpec:
-        if (self.card is None) == (self.assess is None):
-            raise ValueError("a rule has either a 'card' or an 'assess' section")
-        return self
-
-
-class DecisionSpec(_Spec):
-    """A recommendation of a source article that is deliberately not (or not fully) automated."""
-
-    source: str
-    recommendation: str
-    decision: str
-
-
-class PackSpec(_Spec):
-    pack: str
-    title: str
-    variant_sets: dict[str, dict[str, dict[str, Any]]] = {}
-    rules: list[RuleSpec]
-    decisions: list[DecisionSpec] = []
-
-    @model_validator(mode="after")
-    def _variant_sets_exist(self) -> PackSpec:
-        for rule in self.rules:
-            if rule.variant_set and rule.variant_set not in self.variant_sets:
-                raise ValueError(f"rule {rule.id}: variant_set {rule.variant_set!r} is not defined in variant_sets")
-        return self
-
-    def variants_of(self, rule: RuleSpec) -> dict[str, dict[str, Any]]:
-        shared = self.variant_sets.get(rule.variant_set, {}) if rule.variant_set else {}
-        return {name: {**shared.get(name, {}), **rule.variants.get(name, {})} for name in {**shared, **rule.variants}}
-
-
-class SiteRuleSettings(_Spec):
-    enabled: bool = True
-    parameters: dict[str, Any] = {}
-
-
-class SiteSettings(_Spec):
-    rules: dict[str, SiteRuleSettings] = {}
-    variant_sets: dict[str, dict[str, dict[str, Any]]] = {}  # variant set -> variant -> parameter values
 
 
 @dataclass(frozen=True)
@@ -157,8 +43,6 @@ class CompiledRule:
     condition: list[dict]  # the durable_rules "all" list, context first, triggers, then none
     card: CardSpec | None
     assess: AssessSpec | None
-    description: str
-    parameter_specs: dict[str, ParameterSpec]
     source_file: str
 
 
@@ -295,7 +179,7 @@ def _compile(rule: RuleSpec, rule_id: str, parameters: dict, terminology: Termin
         raise RulePackError(f"assess.subject {rule.assess.subject!r} names no fact alias")
     _check_parameters_used(rule)
     return CompiledRule(rule_id, rule.id, rule.version, tuple(rule.hooks), parameters, aliases, condition,
-                        rule.card, rule.assess, rule.description, rule.parameters, str(path))
+                        rule.card, rule.assess, str(path))
 
 
 def _check_parameters_used(rule: RuleSpec) -> None:

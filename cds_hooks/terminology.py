@@ -70,9 +70,6 @@ class Terminology:
         texts = [concept.get("text")] + [c.get("display") for c in concept.get("coding", [])]
         return next(filter(None, map(self._drug_by_text, texts)), None)
 
-    def first_line_classes(self) -> set[str]:
-        return {name for name, spec in self.drug_classes.items() if spec.get("first_line")}
-
     def stop_reason(self, texts: list[str]) -> str:
         """'adverse-effect', 'ineffective' or 'unknown', from statusReason texts."""
         joined = " ".join(texts).lower()
