@@ -17,13 +17,17 @@ class _Lenient(BaseModel):
 
 
 class FhirAuthorization(_Lenient):
-    """https://cds-hooks.hl7.org/2.0/#passing-the-access-token-to-the-cds-service"""
+    """https://cds-hooks.hl7.org/2.0/#passing-the-access-token-to-the-cds-service
+
+    Only the token is needed to fetch; the other fields the spec requires are accepted when
+    missing rather than refusing the whole call.
+    """
 
     access_token: SecretStr  # never printed, logged or stored
-    token_type: str
-    expires_in: int
-    scope: str
-    subject: str
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
 
 
 class PatientViewContext(_Lenient):
