@@ -112,7 +112,8 @@ def _value(field: str, raw: Any, scope: Scope, many: bool = False) -> Any:
     allowed = scope.vocabulary.get(field)
     unknown = [v for v in values if allowed is not None and v not in allowed]
     if unknown:
-        raise PatternError(f"{field}: unknown value {unknown[0]!r} (not in the terminology under rules/)")
+        raise PatternError(f"{field}: unknown value {unknown[0]!r} (no such value set, drug, drug class or "
+                           "assessment label under rules/, or its rule is disabled)")
     return value
 
 

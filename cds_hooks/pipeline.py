@@ -1,7 +1,8 @@
 """One hook call, start to finish: request -> records -> facts -> findings -> cards.
 
-Raises ``BadRequest`` (400), ``prefetch.WrongPatient`` (400) or ``prefetch.DataUnavailable``
-(412); the HTTP layer maps them. Each step lives in its own module.
+Raises ``BadRequest`` (400), ``prefetch.WrongPatient`` (400, also for a draft order naming
+another patient), ``fhir_read.MalformedResource`` (400) or ``prefetch.DataUnavailable`` (412);
+the HTTP layer maps them. Each step lives in its own module.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pydantic import ValidationError
 
 from cds_hooks.cards import render_cards
 from cds_hooks.facts import build_facts
-from cds_hooks.prefetch import resolve_prefetch
-from cds_hooks.protocol import CONTEXT_MODELS, HookRequest, HookResponse, OrderSelectContext, ServiceDescription
+from cds_hooks.prefetch import check_patient, resolve_prefetch
+from cds_hooks.protocol import (CONTEXT_MODELS, HookRequest, HookResponse, OrderSelectContext, OrderSignContext,
+                                ServiceDescription)
 from cds_hooks.runtime import Runtime
 
 
@@ -34,6 +36,9 @@ def parse_request(body: bytes | str | dict, service: ServiceDescription) -> Hook
         context = CONTEXT_MODELS[service.hook].model_validate(request.context)
     except ValidationError as exc:
         raise BadRequest(describe_validation_error(exc, prefix="context")) from exc
+    if isinstance(context, OrderSignContext):
+        drafts = [e["resource"] for e in context.draftOrders.entry if isinstance(e.get("resource"), dict)]
+        check_patient("context.draftOrders", drafts, context.patientId)
     if isinstance(context, OrderSelectContext):
         _check_selections(context)
     return request

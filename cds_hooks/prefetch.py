@@ -13,6 +13,8 @@ from urllib.parse import quote, urljoin
 
 import httpx
 
+from cds_hooks.fhir_read import MalformedResource
+
 log = logging.getLogger(__name__)
 
 PREFETCH_TEMPLATES: dict[str, str] = {
@@ -67,7 +69,7 @@ def resolve_prefetch(
             result[key] = _fetch(key, queries[key], fhir_server or "", access_token, client)
         else:
             result[key] = _unpack(key, prefetch[key])
-        _check_patient(key, result[key], str(patient_id))
+        check_patient(f"prefetch {key!r}", result[key], str(patient_id))
     return result
 
 
@@ -76,7 +78,7 @@ def _unpack(key: str, resource: dict | None) -> list[dict]:
     if resource is None:
         return []
     if not isinstance(resource, dict):
-        raise DataUnavailable(f"prefetch {key!r} is not a FHIR resource")
+        raise MalformedResource(f"prefetch {key!r} is not a FHIR resource (a JSON object) or null")
     if resource.get("resourceType") == "Bundle":
         entries = [e for e in resource.get("entry") or [] if isinstance(e, dict)]
         found = [e["resource"] for e in entries if isinstance(e.get("resource"), dict)]
@@ -141,7 +143,7 @@ def _next_link(body: dict, base: str) -> str | None:
     return None
 
 
-def _check_patient(key: str, resources: list[dict], patient_id: str) -> None:
+def check_patient(source: str, resources: list[dict], patient_id: str) -> None:
     """Raise WrongPatient if any resource names a patient other than the context's."""
     expected = f"Patient/{patient_id}"
     for resource in resources:
@@ -154,9 +156,9 @@ def _check_patient(key: str, resources: list[dict], patient_id: str) -> None:
                 continue
             ref = resource[field].get("reference") if isinstance(resource[field], dict) else None
             if not isinstance(ref, str):
-                raise WrongPatient(f"prefetch {key!r} holds {kind}/{resource.get('id')} whose {field} "
+                raise WrongPatient(f"{source} holds {kind}/{resource.get('id')} whose {field} "
                                    f"is not a reference to a patient: {resource[field]!r:.60}")
             named = ref.split("/_history/")[0]
         if named != expected and not named.endswith("/" + expected):
-            raise WrongPatient(f"prefetch {key!r} holds {kind}/{resource.get('id')} "
+            raise WrongPatient(f"{source} holds {kind}/{resource.get('id')} "
                                f"for {named}, not {expected}")

@@ -51,7 +51,8 @@ def load_rules(packs_dir: Path, site_settings: Path | None, terminology: Termino
     site = _load_site_settings(site_settings)
     packs = [(path, read_pack(path)) for path in sorted(packs_dir.glob("*.yaml"))]
     _check_site_settings(site, site_settings, [pack for _, pack in packs])
-    labels = {rule.assess.label for _, pack in packs for rule in pack.rules if rule.assess and rule.status == "active"}
+    labels = {rule.assess.label for _, pack in packs for rule in pack.rules
+              if rule.assess and rule.status == "active" and site.rules.get(rule.id, SiteRuleSettings()).enabled}
     vocabulary = _vocabulary(terminology, labels)
     rules = [rule for path, pack in packs for rule in _compile_pack(pack, path, site, terminology, vocabulary)]
     ids = [r.id for r in rules]
@@ -66,11 +67,14 @@ def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[Pack
     parameters_of: dict[str, set[str]] = {}
     set_parameters: dict[str, set[str]] = {}  # variant set -> parameters every rule using it declares
     set_variants: dict[str, set[str]] = {}
+    shared_of: dict[str, set[str]] = {}  # rule id -> parameters its variant set provides
     for pack in packs:
         set_variants.update({name: set(variants) for name, variants in pack.variant_sets.items()})
         for rule in pack.rules:
+            from_set = {p for values in pack.variant_sets.get(rule.variant_set or "", {}).values() for p in values}
             for rule_id in [rule.id, *(f"{rule.id}.{variant}" for variant in pack.variants_of(rule))]:
                 parameters_of[rule_id] = set(rule.parameters)
+                shared_of[rule_id] = from_set
             if rule.variant_set:
                 shared = set_parameters.get(rule.variant_set, set(rule.parameters))
                 set_parameters[rule.variant_set] = shared & set(rule.parameters)
@@ -78,6 +82,10 @@ def _check_site_settings(site: SiteSettings, path: Path | None, packs: list[Pack
         if rule_id not in parameters_of:
             raise RulePackError(f"{path}: rule {rule_id}: no such rule in the rule packs")
         _no_unknown(settings.parameters, parameters_of[rule_id], f"{path}: rule {rule_id}: unknown parameter")
+        shared = sorted(set(settings.parameters) & shared_of.get(rule_id, set()))
+        if shared:
+            raise RulePackError(f"{path}: rule {rule_id}: parameter {shared[0]!r} comes from a variant set shared "
+                                "with other rules; override it under variant_sets so they stay consistent")
     for name, variants in site.variant_sets.items():
         if name not in set_variants:
             raise RulePackError(f"{path}: variant set {name}: no such variant set in the rule packs")

@@ -38,11 +38,17 @@ class SuggestionInput:
 
 
 def titrate_medication(given: SuggestionInput) -> list[dict]:
-    """A draft MedicationRequest at the first step of ``titration_steps`` above the dose reached."""
+    """A draft MedicationRequest from ``titration_steps``: for a running drug, the first step
+    above the current dose; for a stopped one, the first step, to re-titrate from (a stopped
+    drug is never restarted at the dose it was stopped at, nor higher)."""
     trial = given.subject
-    reached = trial.get("current_daily_mg", trial.get("max_daily_mg"))
     steps = given.parameters.get("titration_steps", {}).get(trial.get("ingredient"), [])
-    step = next((s for s in steps if reached is not None and s["daily_mg"] > reached), None)
+    if trial.get("status") == "stopped" and steps:
+        target = given.parameters.get("target_daily_mg")
+        then = f", then titrate toward ≥{target} mg/day as tolerated" if target else ""
+        return [_create({**steps[0], "text": f"Restart: {_sig(steps[0])}{then}"}, given)]
+    current = trial.get("current_daily_mg")
+    step = next((s for s in steps if current is not None and s["daily_mg"] > current), None)
     return [_create(step, given)] if step else []
 
 

@@ -71,10 +71,13 @@ class Terminology:
         return next(filter(None, map(self._drug_by_text, texts)), None)
 
     def stop_reason(self, texts: list[str]) -> str:
-        """'adverse-effect', 'ineffective' or 'unknown', from statusReason texts."""
+        """'adverse-effect', 'ineffective' or 'unknown', from statusReason texts.
+
+        A phrase counts unless negated just before it ("no side effects", "without nausea").
+        """
         joined = " ".join(texts).lower()
         for reason, phrases in self.stop_reason_phrases.items():
-            if any(phrase in joined for phrase in phrases):
+            if any(_affirmed(joined, phrase) for phrase in phrases):
                 return reason
         return "unknown"
 
@@ -98,6 +101,14 @@ class Terminology:
             return None
         name = found[0]
         return Drug(name, self.ingredients[name]["class"], strength_mg_from_text(text), display=text)
+
+
+_NEGATION = re.compile(r"\b(no|not|without|denies|denied|nor)\b(\s+\w+){0,2}\s*$")
+
+
+def _affirmed(text: str, phrase: str) -> bool:
+    """The phrase occurs at least once without a negation in the three words before it."""
+    return any(not _NEGATION.search(text[:match.start()]) for match in re.finditer(re.escape(phrase), text))
 
 
 def load_terminology(rules_dir: Path) -> Terminology:

@@ -151,12 +151,13 @@ def test_headline_summaries_quote_the_patients_doses(headline):
     assert "30 mg/day" in cards[DULOXETINE_RULE]["summary"]
 
 
-@pytest.mark.parametrize(("rule", "reached_mg", "next_mg"), [
-    (GABAPENTIN_RULE, 900, 1200),
-    (DULOXETINE_RULE, 30, 60),
+@pytest.mark.parametrize(("rule", "reached_mg", "restart_mg"), [
+    (GABAPENTIN_RULE, 900, 300),
+    (DULOXETINE_RULE, 30, 30),
 ])
-def test_headline_create_suggestion_titrates_up(headline, rule, reached_mg, next_mg):
-    """The create action is a valid R4 MedicationRequest for this patient at the next step above the dose reached."""
+def test_headline_create_suggestion_restarts_titration(headline, rule, reached_mg, restart_mg):
+    """The stopped drug's create action is a valid R4 MedicationRequest for this patient that restarts
+    titration at the first step (never at or above the dose it was stopped at) toward the target."""
     card = cards_by_rule(headline)[rule]
     creates = actions_of(card, "create")
     assert len(creates) == 1
@@ -166,8 +167,9 @@ def test_headline_create_suggestion_titrates_up(headline, rule, reached_mg, next
     assert resource["subject"]["reference"] == f"Patient/{HEADLINE_PATIENT}"
     assert creates[0]["description"].strip()
     daily = ordered_daily_mg(resource)
-    assert daily > reached_mg
-    assert daily == next_mg
+    assert daily <= reached_mg
+    assert daily == restart_mg
+    assert "then titrate toward" in resource["dosageInstruction"][0]["text"]
     ingredient = rule.rsplit(".", 1)[1]
     coding = resource["medicationCodeableConcept"]["coding"][0]
     assert coding["system"] == RXNORM and ingredient in coding["display"].lower(), coding

@@ -16,7 +16,7 @@ from cds_hooks.terminology import load_terminology
 from rule_factories import (GABAPENTIN, NOT_TOLERATED, RULES, condition, copy_rules, engine_survives_no_match,
                             first_line_rules, gabapentin, load_dir, medication, snri_pack, trigger, write_yaml)
 
-LAB = {"kind": "lab", "id": "lab:egfr", "reference": "Observation/egfr", "concept": "egfr", "value": 52, "unit": "mL/min"}
+LAB = {"kind": "lab", "id": "lab:hba1c", "reference": "Observation/a1c", "concept": "hba1c", "value": 6.4, "unit": "%"}
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_one_finding_per_trial_with_every_trigger(engine):
 
 
 def test_fact_no_rule_looks_at_is_ignored(engine):
-    """A lab fact (no rule reads labs) raises nothing and does not disturb the rules that fire."""
+    """A lab fact no first-line rule reads raises nothing and does not disturb the rules that fire."""
     findings = engine.evaluate("order-select", FactSet([LAB, condition(), LAB | {"id": "lab:b12"}, gabapentin()],
                                                        [trigger()]))
     assert ids(findings) == [GABAPENTIN]

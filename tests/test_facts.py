@@ -167,6 +167,9 @@ def test_statement_repeating_a_request_is_not_double_counted():
     ("Stopped due to dizziness (adverse effect)", "adverse-effect"),
     ("Ineffective", "ineffective"),
     ("No benefit after 8 weeks", "ineffective"),
+    ("Ineffective, no side effects", "ineffective"),
+    ("Not helping; denies dizziness or nausea", "ineffective"),
+    ("No relief, then somnolence", "adverse-effect"),
     (None, "unknown"),
 ])
 def test_stop_reason_from_request_status_reason(reason, expected):

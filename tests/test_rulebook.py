@@ -95,10 +95,10 @@ def test_variants_become_dotted_ids():
 def test_site_override_of_one_variant(rules_dir):
     """A variant-level site override changes that variant's compiled parameters and condition only."""
     before = by_id(load_dir(rules_dir))
-    write_yaml(rules_dir / "site.yaml", {"rules": {GABAPENTIN: {"parameters": {"target_daily_mg": 2400}}}})
+    write_yaml(rules_dir / "site.yaml", {"rules": {GABAPENTIN: {"parameters": {"min_egfr": 45}}}})
     after = by_id(load_dir(rules_dir))
-    assert after[GABAPENTIN].parameters["target_daily_mg"] == 2400
-    assert "2400" in str(after[GABAPENTIN].condition) and "1800" not in str(after[GABAPENTIN].condition)
+    assert after[GABAPENTIN].parameters["min_egfr"] == 45
+    assert "'value': 45" in str(after[GABAPENTIN].condition) and "'value': 60" not in str(after[GABAPENTIN].condition)
     assert {i: r.parameters for i, r in after.items() if i != GABAPENTIN} == \
            {i: r.parameters for i, r in before.items() if i != GABAPENTIN}
 
@@ -106,14 +106,14 @@ def test_site_override_of_one_variant(rules_dir):
 def test_family_override_applies_to_every_variant(rules_dir):
     """A family-level site override reaches all variants; a variant-level one wins over it."""
     write_yaml(rules_dir / "site.yaml", {"rules": {
-        "first-line-inadequate-trial": {"parameters": {"escalation_classes": ["strong-opioid"], "min_days_at_max": 7}},
-        GABAPENTIN: {"parameters": {"min_days_at_max": 21}},
+        "first-line-inadequate-trial": {"parameters": {"escalation_classes": ["strong-opioid"], "min_egfr": 20}},
+        GABAPENTIN: {"parameters": {"min_egfr": 45}},
     }})
     rules = by_id(load_dir(rules_dir))
     for variant in VARIANTS:
         assert rules[f"first-line-inadequate-trial.{variant}"].parameters["escalation_classes"] == ["strong-opioid"]
-    assert rules["first-line-inadequate-trial.tca"].parameters["min_days_at_max"] == 7
-    assert rules[GABAPENTIN].parameters["min_days_at_max"] == 21
+    assert rules["first-line-inadequate-trial.tca"].parameters["min_egfr"] == 20
+    assert rules[GABAPENTIN].parameters["min_egfr"] == 45
     assert rules["first-line-not-tolerated"].parameters["escalation_classes"] == ["strong-opioid", "tramadol"]
 
 
@@ -256,20 +256,13 @@ def test_site_variant_set_override_reaches_every_rule_of_the_set(rules_dir):
            {i: (r.parameters, r.condition) for i, r in before.items() if i not in changed}
 
 
-def test_rule_level_site_override_wins_over_variant_set_override(rules_dir):
-    """A site override of a rule (variant or family) wins over the site variant_sets value for that rule only."""
-    write_yaml(rules_dir / "site.yaml", {
-        "variant_sets": {"first-line-trial": {"gabapentin": {"target_daily_mg": 2400, "min_days_at_max": 21}}},
-        "rules": {ADEQUATE_GABAPENTIN: {"parameters": {"target_daily_mg": 3000}},
-                  "first-line-inadequate-trial": {"parameters": {"min_days_at_max": 7}}},
-    })
-    rules = by_id(load_dir(rules_dir))
-    assert rules[ADEQUATE_GABAPENTIN].parameters["target_daily_mg"] == 3000
-    assert rules[ADEQUATE_GABAPENTIN].parameters["min_days_at_max"] == 21
-    assert rules[GABAPENTIN].parameters["target_daily_mg"] == 2400
-    assert rules[GABAPENTIN].parameters["min_days_at_max"] == 7
-    assert rules["first-line-inadequate-trial.pregabalin"].parameters["min_days_at_max"] == 7  # the family override
-    assert rules["first-line-adequate-trial.pregabalin"].parameters["min_days_at_max"] == 0  # untouched
+def test_rule_level_override_of_a_shared_parameter_is_rejected(rules_dir):
+    """A site override of a variant-set parameter on one rule is refused: the rules sharing it would disagree."""
+    write_yaml(rules_dir / "site.yaml", {"rules": {ADEQUATE_GABAPENTIN: {"parameters": {"target_daily_mg": 3000}}}})
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    assert f"rule {ADEQUATE_GABAPENTIN}: parameter 'target_daily_mg' comes from a variant set" in str(error.value)
+    assert "site.yaml" in str(error.value)
 
 
 def test_assessment_rule_compiles_with_end_of_facts(rules_dir):
@@ -307,3 +300,12 @@ def test_broken_rule_names_file_rule_and_reason(rules_dir, change, reason):
         load_dir(rules_dir)
     assert str(error.value).startswith(f"{path}: rule {RULE}: ")
     assert reason in str(error.value)
+
+
+def test_disabling_an_assessment_fails_the_rules_that_need_it(rules_dir):
+    """Switching off the adequate-trial assessment stops loading at the first card rule that reads its label."""
+    write_yaml(rules_dir / "site.yaml", {"rules": {"first-line-adequate-trial": {"enabled": False}}})
+    with pytest.raises(RulePackError) as error:
+        load_dir(rules_dir)
+    assert "label: unknown value 'adequate-trial'" in str(error.value)
+    assert "or its rule is disabled" in str(error.value)

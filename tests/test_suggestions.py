@@ -57,14 +57,12 @@ def rxnorm_of(resource: dict) -> str:
 # --- titrate-medication ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("trial, rxnorm", [
-    (gabapentin(status="stopped", max_daily_mg=900), "310432"),  # stopped at 900: next step 1200
-    (gabapentin(status="stopped", max_daily_mg=600), "310431"),  # below the first step: the first step
-    (gabapentin(status="stopped", max_daily_mg=1000), "310432"),  # between steps
-    (gabapentin(status="active", max_daily_mg=1800, current_daily_mg=900), "310432"),  # active: from the current dose
+    (gabapentin(status="active", max_daily_mg=1800, current_daily_mg=900), "310432"),  # from the current dose
     (gabapentin(status="active", max_daily_mg=1200, current_daily_mg=1200), "310433"),
-], ids=["stopped-at-a-step", "stopped-below-first", "stopped-between", "active-reduced", "active-at-a-step"])
-def test_titrate_picks_first_step_above_dose_reached(trial, rxnorm):
-    """titrate-medication orders the first step above the current dose (active) or the maximum (stopped)."""
+    (gabapentin(status="active", max_daily_mg=1000, current_daily_mg=1000), "310432"),  # between steps
+], ids=["active-reduced", "active-at-a-step", "active-between"])
+def test_titrate_running_drug_moves_to_the_first_step_above_its_current_dose(trial, rxnorm):
+    """titrate-medication orders, for a running drug, the first step above its current dose."""
     actions = build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS))
     assert len(actions) == 1
     resource = created(actions[0])
@@ -76,29 +74,31 @@ def test_titrate_picks_first_step_above_dose_reached(trial, rxnorm):
     assert f"({step['daily_mg']} mg/day)" in dosage["text"]
 
 
+@pytest.mark.parametrize("max_daily_mg", [600, 900, 1800, 3600])
+def test_titrate_stopped_drug_restarts_at_the_first_step(max_daily_mg):
+    """A stopped drug is re-titrated from the first step, never restarted at or above where it stopped."""
+    trial = gabapentin(status="stopped", max_daily_mg=max_daily_mg)
+    [action] = build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS, target_daily_mg=1800))
+    dosage = created(action)["dosageInstruction"][0]
+    assert dosage["doseAndRate"][0]["doseQuantity"]["value"] == 300
+    assert dosage["text"] == "Restart: 300 mg by mouth 3 times daily (900 mg/day), then titrate toward ≥1800 mg/day as tolerated"
+
+
 @pytest.mark.parametrize("trial", [
-    gabapentin(max_daily_mg=2400),
-    gabapentin(max_daily_mg=3600),
     gabapentin(status="active", max_daily_mg=2400, current_daily_mg=2400),
-], ids=["stopped-at-last-step", "stopped-above-last-step", "active-at-last-step"])
-def test_titrate_offers_nothing_above_the_last_step(trial):
-    """titrate-medication returns no action when the dose reached is at or above the last step."""
-    assert build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS)) == []
-
-
-@pytest.mark.parametrize("trial", [
-    {key: value for key, value in gabapentin().items() if key != "max_daily_mg"},
+    gabapentin(status="active", max_daily_mg=3600, current_daily_mg=3600),
+    {key: value for key, value in gabapentin(status="active").items() if key != "current_daily_mg"},
     medication("MedicationStatement/nor", "desipramine", "tca", max_daily_mg=10),
-], ids=["dose-unknown", "no-steps-for-ingredient"])
-def test_titrate_offers_nothing_without_dose_or_steps(trial):
-    """titrate-medication returns no action without a known dose or without steps for the ingredient."""
+], ids=["active-at-last-step", "active-above-last-step", "current-dose-unknown", "no-steps-for-ingredient"])
+def test_titrate_offers_nothing_without_a_step_to_take(trial):
+    """No action at or above the last step, without a known current dose, or without steps for the drug."""
     assert build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS)) == []
 
 
 def test_titrate_at_bedtime_step():
     """A step with `when: [HS]` creates a bedtime MedicationRequest."""
     steps = {"amitriptyline": [{"daily_mg": 25, "rxnorm": "856834", "dose_mg": 25, "times_per_day": 1, "when": ["HS"]}]}
-    trial = medication("MedicationStatement/ami", "amitriptyline", "tca", max_daily_mg=10)
+    trial = medication("MedicationStatement/ami", "amitriptyline", "tca", status="active", current_daily_mg=10)
     resource = created(build("titrate-medication", given(trial, titration_steps=steps))[0])
     dosage = resource["dosageInstruction"][0]
     assert dosage["timing"]["repeat"]["when"] == ["HS"]
