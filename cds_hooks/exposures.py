@@ -48,7 +48,8 @@ def medication_records(resources: list[dict], medications: dict[str, dict], term
             return None
         status = _STATUS.get(resource.get("status", ""))
         drug = terminology.drug_for(medication_concept(resource, medications))
-        return _read_record(resource, drug, status, as_of) if status and drug else None
+        record = _read_record(resource, drug, status, as_of) if status and drug else None
+        return None if record and record.start and record.start > as_of else record  # not begun yet
     return read_each(resources, read)
 
 
@@ -84,6 +85,8 @@ def _read_record(resource: dict, drug: Drug, status: str, as_of: date) -> Medica
     start, end = _period(resource, dosages)
     if status == "active":
         end = min(end or as_of, as_of)
+    elif end:
+        end = min(end, as_of)
     dose = daily_dose_mg(dosages, drug.strength_mg)
     reasons = resource.get("statusReason") or []
     return MedicationRecord(
@@ -103,11 +106,11 @@ def medication_concept(resource: dict, medications: dict[str, dict]) -> dict | N
 
 
 def _period(resource: dict, dosages: list[dict]) -> tuple[date | None, date | None]:
-    """Start and end of a record: effectivePeriod, else the dosage bounds, else the dispense validity."""
+    """Start and end of a record: effectivePeriod, else the dosage bounds. A prescription's
+    dispense validity is not used: it says how long it may be filled, not how long it was taken."""
     bounds = next((d.get("timing", {}).get("repeat", {}).get("boundsPeriod") for d in dosages
                    if d.get("timing", {}).get("repeat", {}).get("boundsPeriod")), None)
-    period = (resource.get("effectivePeriod") or bounds
-              or resource.get("dispenseRequest", {}).get("validityPeriod") or {})
+    period = resource.get("effectivePeriod") or bounds or {}
     start = (parse_date(period.get("start")) or parse_date(resource.get("effectiveDateTime"))
              or parse_date(resource.get("authoredOn")))
     return start, parse_date(period.get("end"))
