@@ -16,14 +16,13 @@ from dataclasses import replace
 from typing import Any
 
 from cds_hooks.engine import Finding
-from cds_hooks.protocol import Card
+from cds_hooks.protocol import SUMMARY_MAX_LENGTH, Card
 from cds_hooks.suggestions import SUGGESTION_BUILDERS, SuggestionInput, resolve_order
 from cds_hooks.terminology import Terminology
 
 log = logging.getLogger(__name__)
 
 CARD_EXTENSION = "neuropathic-pain-cds.why"
-SUMMARY_LIMIT = 140
 
 
 def render_cards(findings: list[Finding], patient_id: str, terminology: Terminology) -> list[Card]:
@@ -43,7 +42,7 @@ def render_card(finding: Finding, patient_id: str, terminology: Terminology) -> 
     values["params"] = _FactView(rule.parameters)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        "summary": _fit(_fill(spec.summary, values), SUMMARY_LIMIT),
+        "summary": _summary(spec.summary, finding, rule.parameters),
         "detail": _fill(spec.detail, values).strip(),
         "indicator": spec.indicator,
         "source": {"label": spec.source.label, "url": spec.source.url},
@@ -73,24 +72,32 @@ def _suggestions(finding: Finding, values: dict, patient_id: str, terminology: T
     )
     suggestions = []
     for spec in rule.card.suggestions:
-        actions = SUGGESTION_BUILDERS[spec.kind].build(replace(given, order=resolve_order(spec.order, rule.parameters)))
+        try:
+            actions = SUGGESTION_BUILDERS[spec.kind].build(replace(given, order=resolve_order(spec.order, rule.parameters)))
+        except Exception:  # a bad suggestion costs the suggestion, not the card
+            log.exception("rule %s: suggestion %s could not be built; left out", rule.id, spec.kind)
+            continue
         if actions:
             suggestions.append({"label": _fill(spec.label, values), "uuid": str(uuid.uuid4()), "actions": actions})
     return suggestions
 
 
 class _FactView:
-    """Attribute access to a fact for str.format; absent fields read "unknown", whole floats as ints."""
+    """Attribute access to a fact for str.format; absent fields read "unknown", whole floats as ints,
+    and text longer than ``text_limit`` is shortened (to keep a summary whole)."""
 
-    def __init__(self, values: dict) -> None:
+    def __init__(self, values: dict, text_limit: int | None = None) -> None:
         self._values = values
+        self._text_limit = text_limit
 
     def __getattr__(self, name: str) -> Any:
         value = self._values.get(name, "unknown")
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, list):
-            return ", ".join(map(str, value))
+            value = ", ".join(map(str, value))
+        if isinstance(value, str) and self._text_limit and len(value) > self._text_limit:
+            return value[: self._text_limit - 1].rstrip() + "…"
         return value
 
 
@@ -98,5 +105,13 @@ def _fill(template: str, values: dict) -> str:
     return string.Formatter().vformat(template, (), values)
 
 
-def _fit(text: str, limit: int) -> str:
-    return text if len(text) < limit else text[: limit - 2].rstrip() + "…"
+def _summary(template: str, finding: Finding, parameters: dict) -> str:
+    """The summary within the CDS Hooks limit: long inserted texts (a drug's full display) are
+    shortened first, so the advice at the end of the sentence survives."""
+    for text_limit in (None, 40, 24, 12):
+        values = {alias: _FactView(facts[0], text_limit) for alias, facts in finding.bindings.items()}
+        values["params"] = _FactView(parameters, text_limit)
+        summary = _fill(template, values)
+        if len(summary) <= SUMMARY_MAX_LENGTH:
+            return summary
+    return summary[: SUMMARY_MAX_LENGTH - 1].rstrip() + "…"

@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
+SUMMARY_MAX_LENGTH = 139  # the spec: "less than 140 characters"
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -129,7 +132,7 @@ class Card(BaseModel):
     """https://cds-hooks.hl7.org/2.0/#card-attributes"""
 
     uuid: str | None = None
-    summary: str = Field(max_length=139)
+    summary: str = Field(max_length=SUMMARY_MAX_LENGTH)
     detail: str | None = None
     indicator: Indicator
     source: Source
@@ -164,8 +167,16 @@ class Discovery(BaseModel):
     services: list[ServiceDescription] = Field(min_length=1)
 
 
+class FeedbackCoding(_Lenient):
+    """The override reason as the EHR echoes it: display is optional here."""
+
+    system: str | None = None
+    code: str
+    display: str | None = None
+
+
 class OverrideReason(_Lenient):
-    reason: Coding | None = None
+    reason: FeedbackCoding | None = None
     userComment: str | None = None
 
 

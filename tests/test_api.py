@@ -653,6 +653,20 @@ def test_feedback_is_stored_with_rule_id_and_version(client, settings, fixture_r
     assert second.outcome_timestamp == datetime(2026, 11, 1, 9, 5, tzinfo=UTC)
 
 
+def test_feedback_override_reason_without_display_is_accepted(client, settings, fixture_request):
+    """An override reason echoed as code and system only (as in the spec's example) is stored."""
+    card = call(client, fixture_request(HEADLINE)).json()["cards"][0]
+    reason = {key: card["overrideReasons"][0][key] for key in ("code", "system")}
+    body = {"feedback": [{"card": card["uuid"], "outcome": "overridden", "overrideReason": {"reason": reason},
+                          "outcomeTimestamp": "2026-11-01T10:00:00Z"}]}
+    assert client.post(f"/cds-services/{ORDER_SELECT}/feedback", json=body).status_code == 200
+    store = FeedbackStore(settings.database_url)
+    try:
+        assert store.feedback_for_card(card["uuid"])[0].override_reason == {"reason": reason}
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("feedback", [
     pytest.param([{"card": "CARD", "outcome": "maybe", "outcomeTimestamp": "2026-11-01T10:00:00Z"}], id="outcome-maybe"),
     pytest.param([{"card": "CARD", "outcome": "accepted", "outcomeTimestamp": "2026-11-01T10:00:00"}], id="naive-timestamp"),
