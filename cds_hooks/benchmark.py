@@ -69,7 +69,8 @@ def measure(client: httpx.Client, url: str, body: bytes, repeats: int) -> dict:
 def run(sizes: tuple[int, ...] = (10, 100, 1000), repeats: int = 300, warmup: int = 30) -> list[dict]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as scratch:
-        env = {**os.environ, "CDS_DATABASE_URL": os.environ.get("BENCH_DB", f"sqlite:///{scratch}/bench.db"), "CDS_AS_OF": "2026-11-01"}
+        env = {**os.environ, "CDS_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
+               "CDS_AS_OF": load_fixture(HEADLINE).as_of.isoformat()}
         server = subprocess.Popen([sys.executable, "-m", "uvicorn", "cds_hooks.app:app", "--port", str(port),
                                    "--log-level", "warning"], env=env, cwd=Path(__file__).resolve().parent.parent)
         try:

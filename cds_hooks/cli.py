@@ -11,7 +11,8 @@ import typer
 import uvicorn
 
 from cds_hooks import pipeline
-from cds_hooks.fixtures import fired_rule_ids, load_fixture
+from cds_hooks.cards import CARD_EXTENSION
+from cds_hooks.fixtures import load_fixture
 from cds_hooks.rulebook import RulePackError, load_rules
 from cds_hooks.runtime import load_runtime
 from cds_hooks.services import SERVICES
@@ -71,7 +72,7 @@ def run(fixture: Annotated[Path, typer.Argument(help="A fixture folder or its re
     typer.echo(f"{case.name}: {case.description}\n")
     for card in response.cards:
         typer.secho(f"[{card.indicator.value}] {card.summary}", bold=True)
-        typer.echo(f"  rule {fired_rule_ids(type(response)(cards=[card]))[0]}; source: {card.source.label}")
+        typer.echo(f"  rule {card.extension[CARD_EXTENSION]['ruleId']}; source: {card.source.label}")
         typer.echo("  " + (card.detail or "").replace("\n", "\n  "))
         for suggestion in card.suggestions or []:
             typer.echo(f"  -> {suggestion.label}")
@@ -88,12 +89,14 @@ def bench(repeats: int = 300) -> None:
 
 
 @app.command()
-def catalogue(output: Path = Path("rules/CATALOGUE.md"),
+def catalogue(rules_dir: RulesDir = None,
               check: Annotated[bool, typer.Option(help="Exit 1 if the file is not current; write nothing.")] = False) -> None:
-    """Write the rule catalogue (rules, triggers, parameters, citations, fixture cases) for clinical review."""
+    """Write <rules-dir>/CATALOGUE.md (rules, triggers, parameters, citations, fixture cases) for clinical review."""
     from cds_hooks.catalogue import render_catalogue
 
-    text = render_catalogue(Settings().rules_dir / "packs")
+    folder = _settings(rules_dir, None).rules_dir
+    output = folder / "CATALOGUE.md"
+    text = render_catalogue(folder / "packs")
     if check:
         if not output.exists() or output.read_text() != text:
             typer.secho(f"{output} is not current: run `cds-rules catalogue`", fg="red", err=True)

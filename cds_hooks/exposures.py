@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from cds_hooks.dosage import daily_dose_mg
-from cds_hooks.fhir_read import codeable_texts, parse_date, read_each, reference_of
+from cds_hooks.fhir_read import codeable_texts, known_only, parse_date, read_each, reference_of
 from cds_hooks.terminology import Drug, Terminology
 
 _STATUS = {"active": "active", "on-hold": "active", "completed": "stopped", "stopped": "stopped"}
@@ -138,7 +138,7 @@ def _exposure(ingredient: str, records: list[MedicationRecord], terminology: Ter
         "rxnorm_codes": sorted({r.drug.rxnorm for r in records if r.drug.rxnorm}),
         "sources": [r.reference for r in records],
     }
-    return {key: value for key, value in fact.items() if value is not None and value != []}
+    return known_only(fact)
 
 
 def _days_covered(records: list[MedicationRecord]) -> int | None:

@@ -17,7 +17,7 @@ from datetime import date
 
 from cds_hooks.dosage import daily_dose_mg
 from cds_hooks.exposures import exposure_facts, medication_concept, medication_records
-from cds_hooks.fhir_read import codings, concept_text, parse_date, read_each, reference_of
+from cds_hooks.fhir_read import codings, concept_text, known_only, parse_date, read_each, reference_of
 from cds_hooks.terminology import Terminology
 
 END_OF_FACTS = "end-of-facts"  # asserted last in every evaluation (engine.py)
@@ -74,7 +74,7 @@ def build_facts(hook: str, context: dict, records: dict[str, list[dict]],
 def _patient_fact(patient: dict, as_of: date) -> dict:
     born = parse_date(patient.get("birthDate"))
     age = as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day)) if born else None
-    return _compact({"kind": "patient", "id": "patient", "age": age, "gender": patient.get("gender")})
+    return known_only({"kind": "patient", "id": "patient", "age": age, "gender": patient.get("gender")})
 
 
 def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
@@ -86,7 +86,7 @@ def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: da
         onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
         all_codings = codings(condition.get("code"))
         primary = next(iter(all_codings), {})
-        return _compact({
+        return known_only({
             "kind": "condition", "id": reference_of(condition), "reference": reference_of(condition),
             "system": primary.get("system"), "code": primary.get("code"),
             "codes": [c["code"] for c in all_codings if c.get("code")],
@@ -104,7 +104,7 @@ def _lab_facts(observations: list[dict], terminology: Terminology, as_of: date) 
         if obs.get("status") not in _RESULT_STATUSES or taken is None:
             return None
         quantity = obs.get("valueQuantity") or {}
-        return [_compact({
+        return [known_only({
             "kind": "lab", "id": f"lab:{concept}", "reference": reference_of(obs), "concept": concept,
             "value": quantity.get("value"), "unit": quantity.get("unit") or quantity.get("code"),
             "date": taken.isoformat(), "days_ago": _days_between(taken, as_of),
@@ -125,7 +125,7 @@ def _event_facts(kind: str, resources: list[dict], terminology: Terminology, as_
             return None
         when = parse_date(resource.get("performedDateTime") or resource.get("authoredOn")
                           or (resource.get("performedPeriod") or {}).get("start"))
-        return _compact({
+        return known_only({
             "kind": kind, "id": reference_of(resource), "reference": reference_of(resource),
             "display": concept_text(resource.get("code")), "value_sets": value_sets,
             "status": resource.get("status"), "date": when and when.isoformat(),
@@ -164,7 +164,7 @@ def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], ter
     concept = medication_concept(resource, medications) if is_medication else resource.get("code")
     drug = terminology.drug_for(concept) if is_medication else None
     dose = daily_dose_mg(resource.get("dosageInstruction") or [], drug.strength_mg) if drug else None
-    return _compact({
+    return known_only({
         "kind": "trigger", "id": f"trigger:{reference_of(resource)}", "origin": origin,
         "reference": reference_of(resource), "resource_type": resource.get("resourceType"),
         "ingredient": drug and drug.ingredient, "drug_class": drug and drug.drug_class,
@@ -175,8 +175,3 @@ def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], ter
 
 def _days_between(earlier: date | None, later: date) -> int | None:
     return (later - earlier).days if earlier else None
-
-
-def _compact(fact: dict) -> dict:
-    """Drop what is not known: None and empty lists (a rule on an absent field does not match)."""
-    return {key: value for key, value in fact.items() if value is not None and value != []}

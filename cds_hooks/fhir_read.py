@@ -37,6 +37,11 @@ def codeable_texts(concepts: list[dict]) -> list[str]:
     return [t for t in texts if t]
 
 
+def known_only(fact: dict) -> dict:
+    """A fact without what is not known: None and empty lists (a rule on an absent field does not match)."""
+    return {key: value for key, value in fact.items() if value is not None and value != []}
+
+
 class MalformedResource(ValueError):
     """A resource in the record has a shape FHIR does not allow (answered with 400)."""
 

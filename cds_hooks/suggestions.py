@@ -21,9 +21,9 @@ from typing import Any
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from cds_hooks.dosage import UCUM
 from cds_hooks.terminology import RXNORM, Terminology
 
-UCUM = "http://unitsofmeasure.org"
 _TIMES = {1: "once daily", 2: "twice daily", 3: "3 times daily", 4: "4 times daily"}
 
 

@@ -33,7 +33,6 @@ class Drug:
     drug_class: str
     strength_mg: float | None = None  # per tablet/capsule; None for patches and unknown products
     rxnorm: str | None = None
-    display: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +85,10 @@ class Terminology:
             product = self.products[code]
             ingredient = product["ingredient"]
             return Drug(ingredient, self.ingredients[ingredient]["class"],
-                        product.get("strength_mg"), code, product.get("display"))
+                        product.get("strength_mg"), code)
         for name, spec in self.ingredients.items():
             if spec.get("rxcui") == code:
-                return Drug(name, spec["class"], rxnorm=code, display=name)
+                return Drug(name, spec["class"], rxnorm=code)
         return None
 
     def _drug_by_text(self, text: str | None) -> Drug | None:
@@ -100,7 +99,7 @@ class Terminology:
         if len(found) != 1:  # none, or a combination product: ambiguous
             return None
         name = found[0]
-        return Drug(name, self.ingredients[name]["class"], strength_mg_from_text(text), display=text)
+        return Drug(name, self.ingredients[name]["class"], strength_mg_from_text(text))
 
 
 _NEGATION = re.compile(r"\b(no|not|without|denies|denied|nor)\b(\s+\w+){0,2}\s*$")

@@ -190,7 +190,7 @@ PATTERN_RULES = [
                           "where": {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": {"matches": "S[37][0-9].*"}}},
                          DRAFT], one_per="injury"),
     card_rule("imaging-order", [{"fact": "trigger", "as": "order", "where": {
-        "value_sets": {"contains_any": ["mri-pelvis-or-lumbar-spine", "ct-pelvis-contrast"]}}}], one_per="order"),
+        "value_sets": {"contains_any": ["mri-pelvis", "ct-pelvis-contrast"]}}}], one_per="order"),
     card_rule("other-class-untried", [
         {"fact": "medication", "as": "trial", "where": {"stop_reason": "adverse-effect"}}, DRAFT,
         {"none": {"fact": "medication", "where": {"drug_class": {"in": FIRST_LINE, "not": "@trial.drug_class"}}}},
@@ -252,7 +252,7 @@ def imaging_trigger(name: str, value_sets: list[str] | None) -> dict:
 
 def test_contains_any_on_value_sets_end_to_end(pattern_engine):
     """`contains_any` matches a trigger holding any listed value set, and no other trigger."""
-    triggers = [imaging_trigger("mri", ["mri-pelvis-or-lumbar-spine"]),
+    triggers = [imaging_trigger("mri", ["mri-pelvis"]),
                 imaging_trigger("ct", ["cardiac-pacemaker", "ct-pelvis-contrast"]),
                 imaging_trigger("plexus", ["mri-lumbosacral-plexus"]),
                 imaging_trigger("uncoded", None)]

@@ -58,3 +58,15 @@ def test_gabapentin_target_is_not_pushed_when_kidney_function_is_reduced(runtime
         "subject": {"reference": "Patient/np-pt-1001"}, "effectiveDateTime": "2026-10-20",
         "valueQuantity": {"value": egfr, "unit": "mL/min/{1.73_m2}"}}})
     assert ("first-line-inadequate-trial.gabapentin" in fired(runtime, request)) is fires
+
+
+@pytest.mark.parametrize("loinc, fires", [("30674-6", True), ("30679-5", False)])
+def test_plexus_mri_card_replaces_a_pelvis_mri_but_not_a_lumbar_spine_mri(runtime, loinc, fires):
+    """A pelvis MRI for plexopathy is replaced by the plexus study; a lumbar spine MRI (radiculopathy) is left alone."""
+    case = load_fixture(FIXTURES_DIR / "plexopathy-order-select-mri-pelvis-standard-protocol")
+    request = copy.deepcopy(case.request)
+    for entry in request["context"]["draftOrders"]["entry"]:
+        entry["resource"]["code"] = {"coding": [{"system": "http://loinc.org", "code": loinc}], "text": "MRI"}
+    parsed = pipeline.parse_request(request, SERVICES[case.service_id])
+    rule_ids = fired_rule_ids(pipeline.answer(runtime, parsed, case.as_of))
+    assert ("plexopathy-mri-protocol" in rule_ids) is fires

@@ -218,7 +218,7 @@ def test_replace_is_one_suggestion_on_the_rendered_card():
     diagnosis = {"kind": "condition", "id": "Condition/g541", "display": "Lesion of lumbosacral plexus",
                  "value_sets": ["lumbosacral-plexopathy"]}
     order = {**DRAFT, "id": "trigger:ServiceRequest/mri", "reference": "ServiceRequest/mri",
-             "resource_type": "ServiceRequest", "display": "MRI pelvis", "value_sets": ["mri-pelvis-or-lumbar-spine"]}
+             "resource_type": "ServiceRequest", "display": "MRI pelvis", "value_sets": ["mri-pelvis"]}
     card = render_card(Finding(rule, {"diagnosis": [diagnosis], "order": [order]}), PATIENT, TERMINOLOGY)
     Card.model_validate(card)
     [suggestion] = card["suggestions"]
