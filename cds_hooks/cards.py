@@ -38,11 +38,10 @@ def render_cards(findings: list[Finding], patient_id: str, terminology: Terminol
 
 def render_card(finding: Finding, patient_id: str, terminology: Terminology) -> dict:
     rule, spec = finding.rule, finding.rule.card
-    values = {alias: _FactView(facts[0]) for alias, facts in finding.bindings.items()}
-    values["params"] = _FactView(rule.parameters)
+    values = _template_values(finding)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
-        "summary": _summary(spec.summary, finding, rule.parameters),
+        "summary": _summary(spec.summary, finding),
         "detail": _fill(spec.detail, values).strip(),
         "indicator": spec.indicator,
         "source": {"label": spec.source.label, "url": spec.source.url},
@@ -105,13 +104,18 @@ def _fill(template: str, values: dict) -> str:
     return string.Formatter().vformat(template, (), values)
 
 
-def _summary(template: str, finding: Finding, parameters: dict) -> str:
+def _template_values(finding: Finding, text_limit: int | None = None) -> dict[str, _FactView]:
+    """What placeholders read: the first fact bound to each alias, and ``params``."""
+    values = {alias: _FactView(facts[0], text_limit) for alias, facts in finding.bindings.items()}
+    values["params"] = _FactView(finding.rule.parameters, text_limit)
+    return values
+
+
+def _summary(template: str, finding: Finding) -> str:
     """The summary within the CDS Hooks limit: long inserted texts (a drug's full display) are
     shortened first, so the advice at the end of the sentence survives."""
     for text_limit in (None, 40, 24, 12):
-        values = {alias: _FactView(facts[0], text_limit) for alias, facts in finding.bindings.items()}
-        values["params"] = _FactView(parameters, text_limit)
-        summary = _fill(template, values)
+        summary = _fill(template, _template_values(finding, text_limit))
         if len(summary) <= SUMMARY_MAX_LENGTH:
             return summary
     return summary[: SUMMARY_MAX_LENGTH - 1].rstrip() + "…"
