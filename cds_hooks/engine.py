@@ -122,7 +122,7 @@ def assessment_fact(finding: Finding) -> dict:
     subject = finding.first(rule.assess.subject)
     fact = {"kind": "assessment", "id": f"assessment:{rule.assess.label}:{subject['id']}",
             "label": rule.assess.label, "subject": subject["id"], "rule": rule.id}
-    fact.update({key: subject[key] for key in ("ingredient", "drug_class") if key in subject})
+    fact.update({key: subject[key] for key in ("ingredient", "drug_class", "status") if key in subject})
     return fact
 
 

@@ -134,6 +134,7 @@ def _exposure(ingredient: str, records: list[MedicationRecord], terminology: Ter
         "max_daily_mg": max_mg,
         "days_at_max": _days_covered([r for r in records if r.daily_mg == max_mg]) if max_mg else None,
         "current_daily_mg": last.daily_mg if active else None,
+        "current_source": last.reference if active else None,
         "dose_unknown_reason": next((r.dose_unknown_reason for r in records if r.dose_unknown_reason), None),
         "rxnorm_codes": sorted({r.drug.rxnorm for r in records if r.drug.rxnorm}),
         "sources": [r.reference for r in records],

@@ -4,14 +4,16 @@ Facts are flat JSON objects with a ``kind``; ``FACT_FIELDS`` lists what each kin
 carry, and rule packs are checked against it at load time. A field that cannot be known is
 absent (never null and never guessed), so a comparison on it does not match.
 
-Context facts describe the patient's record; trigger facts are what the clinician is acting
-on: the selected draft orders (order-select), all draft orders (order-sign) or the active
+Context facts describe the patient's record, plus every draft order of this call
+(``draft_order``, selected or not); trigger facts are what the clinician is acting on: the selected draft orders (order-select), all draft orders (order-sign) or the active
 medication orders (patient-view), plus one trigger for the hook itself (origin "hook"), for
 rules that fire on opening the chart. The engine asserts triggers after the context.
 """
 
 from __future__ import annotations
 
+import calendar
+import re
 from dataclasses import dataclass
 from datetime import date
 
@@ -27,13 +29,14 @@ FACT_FIELDS: dict[str, frozenset[str]] = {
         "patient": "id age gender",
         "condition": "id reference system code codes display value_sets onset days_since_onset",
         "medication": "id ingredient drug_class status course stop_reason dose_known start end days_on_therapy "
-                      "max_daily_mg days_at_max current_daily_mg dose_unknown_reason rxnorm_codes sources",
+                      "max_daily_mg days_at_max current_daily_mg current_source dose_unknown_reason rxnorm_codes sources",
         "co_medication": "id ingredients drug_classes overlap_days ongoing",
         "lab": "id reference concept value unit date days_ago",
         "procedure": "id reference display value_sets status date days_ago",
         "service_request": "id reference display value_sets status date days_ago",
         "trigger": "id origin hook reference resource_type ingredient drug_class display value_sets daily_mg",
-        "assessment": "id label subject rule ingredient drug_class",  # concluded by assessment rules
+        "draft_order": "id reference resource_type ingredient drug_class display value_sets daily_mg",
+        "assessment": "id label subject rule ingredient drug_class status",  # concluded by assessment rules
         END_OF_FACTS: "id",
     }.items()
 }
@@ -68,13 +71,28 @@ def build_facts(hook: str, context: dict, records: dict[str, list[dict]],
         + _event_facts("service_request", records.get("serviceRequests", []) + _draft_service_requests(context),
                        terminology, as_of)
     )
-    return FactSet(context=facts, triggers=_trigger_facts(hook, context, records, medications, terminology))
+    drafts = _draft_orders(context, medications, terminology)
+    as_context = [{**known_only({**d, "origin": None}), "kind": "draft_order", "id": f"draft:{d['reference']}"}
+                  for d in drafts]
+    return FactSet(context=facts + as_context, triggers=_triggers(hook, context, records, drafts, medications, terminology))
 
 
 def _patient_fact(patient: dict, as_of: date) -> dict:
-    born = parse_date(patient.get("birthDate"))
+    born = _latest_birthday(patient.get("birthDate"))
     age = as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day)) if born else None
     return known_only({"kind": "patient", "id": "patient", "age": age, "gender": patient.get("gender")})
+
+
+def _latest_birthday(value: str | None) -> date | None:
+    """The latest day a FHIR birthDate allows ("1950" -> 1950-12-31), so the age is never overstated."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}(-\d{2}(-\d{2})?)?", value):
+        raise ValueError(f"birthDate {value!r} is not a FHIR date")
+    if len(value) == 10:
+        return parse_date(value)
+    year, month = int(value[:4]), int(value[5:7]) if len(value) == 7 else 12
+    return date(year, month, calendar.monthrange(year, month)[1])
 
 
 def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: date) -> list[dict]:
@@ -83,7 +101,8 @@ def _condition_facts(conditions: list[dict], terminology: Terminology, as_of: da
         verification = next((c.get("code") for c in codings(condition.get("verificationStatus"))), None)
         if clinical not in _ACTIVE_CLINICAL or verification in _UNCONFIRMED:
             return None
-        onset = parse_date(condition.get("onsetDateTime") or condition.get("recordedDate"))
+        onset = parse_date(condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+                           or condition.get("recordedDate"))
         all_codings = codings(condition.get("code"))
         primary = next(iter(all_codings), {})
         return known_only({
@@ -141,22 +160,23 @@ def _draft_service_requests(context: dict) -> list[dict]:
             if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == "ServiceRequest"]
 
 
-def _trigger_facts(hook: str, context: dict, records: dict[str, list[dict]], medications: dict[str, dict],
-                   terminology: Terminology) -> list[dict]:
-    if hook == "patient-view":
-        resources = [r for r in records.get("medicationRequests", [])
-                     if r.get("resourceType") == "MedicationRequest" and r.get("status") == "active"]
-        origin, wanted = "active", None
-    else:
-        resources = [entry.get("resource") for entry in context["draftOrders"].get("entry", [])]
-        origin, wanted = "draft", set(context["selections"]) if hook == "order-select" else None
+def _draft_orders(context: dict, medications: dict[str, dict], terminology: Terminology) -> list[dict]:
+    """Every draft order of the call, as trigger facts."""
+    resources = [entry.get("resource") for entry in (context.get("draftOrders") or {}).get("entry", [])]
+    return read_each(resources, lambda resource: _trigger_fact(resource, "draft", medications, terminology))
 
-    def read(resource: dict) -> dict | None:
-        if wanted is not None and reference_of(resource) not in wanted:
-            return None
-        return _trigger_fact(resource, origin, medications, terminology)
-    hook_fact = {"kind": "trigger", "id": "trigger:hook", "origin": "hook", "hook": hook}
-    return read_each(resources, read) + [hook_fact]
+
+def _triggers(hook: str, context: dict, records: dict[str, list[dict]], drafts: list[dict],
+              medications: dict[str, dict], terminology: Terminology) -> list[dict]:
+    if hook == "patient-view":
+        active = [r for r in records.get("medicationRequests", [])
+                  if r.get("resourceType") == "MedicationRequest" and r.get("status") == "active"]
+        orders = read_each(active, lambda resource: _trigger_fact(resource, "active", medications, terminology))
+    elif hook == "order-select":
+        orders = [d for d in drafts if d["reference"] in set(context["selections"])]
+    else:
+        orders = drafts
+    return orders + [{"kind": "trigger", "id": "trigger:hook", "origin": "hook", "hook": hook}]
 
 
 def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], terminology: Terminology) -> dict:
@@ -168,7 +188,7 @@ def _trigger_fact(resource: dict, origin: str, medications: dict[str, dict], ter
         "kind": "trigger", "id": f"trigger:{reference_of(resource)}", "origin": origin,
         "reference": reference_of(resource), "resource_type": resource.get("resourceType"),
         "ingredient": drug and drug.ingredient, "drug_class": drug and drug.drug_class,
-        "display": concept_text(concept) or resource.get("resourceType"),
+        "display": concept_text(concept) or terminology.title_of(codings(concept)) or resource.get("resourceType"),
         "value_sets": terminology.value_sets_of(codings(concept)), "daily_mg": dose and dose.mg,
     })
 

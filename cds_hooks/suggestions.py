@@ -38,18 +38,23 @@ class SuggestionInput:
 
 
 def titrate_medication(given: SuggestionInput) -> list[dict]:
-    """A draft MedicationRequest from ``titration_steps``: for a running drug, the first step
-    above the current dose; for a stopped one, the first step, to re-titrate from (a stopped
-    drug is never restarted at the dose it was stopped at, nor higher)."""
+    """A draft MedicationRequest from ``titration_steps``. A stopped drug restarts at the first
+    step, to re-titrate from (never at the dose it was stopped at, nor higher). A running drug
+    moves to the first step above its current dose, replacing its current order in the same
+    suggestion; when that order is not a MedicationRequest here, nothing is offered, so that
+    accepting can never leave two orders of the same drug."""
     trial = given.subject
     steps = given.parameters.get("titration_steps", {}).get(trial.get("ingredient"), [])
     if trial.get("status") == "stopped" and steps:
         target = given.parameters.get("target_daily_mg")
         then = f", then titrate toward ≥{target} mg/day as tolerated" if target else ""
         return [_create({**steps[0], "text": f"Restart: {_sig(steps[0])}{then}"}, given)]
-    current = trial.get("current_daily_mg")
+    current, current_order = trial.get("current_daily_mg"), trial.get("current_source", "")
     step = next((s for s in steps if current is not None and s["daily_mg"] > current), None)
-    return [_create(step, given)] if step else []
+    if step is None or not current_order.startswith("MedicationRequest/"):
+        return []
+    return [{"type": "delete", "description": f"Stop the current {trial['ingredient']} order ({current} mg/day)",
+             "resourceId": current_order}, _create(step, given)]
 
 
 def order(given: SuggestionInput) -> list[dict]:
@@ -58,9 +63,11 @@ def order(given: SuggestionInput) -> list[dict]:
 
 
 def order_for_subject_class(given: SuggestionInput) -> list[dict]:
-    """Create the order listed for the drug class of the card's subject (none listed: no suggestion)."""
+    """Create the order listed for the drug class of the card's subject, to take with it. Nothing
+    when no order is listed, or when the subject drug is no longer taken (the new drug alone
+    would be a switch, not a combination)."""
     chosen = given.order.get(given.subject.get("drug_class"))
-    return [_create(chosen, given)] if chosen else []
+    return [_create(chosen, given)] if chosen and given.subject.get("status", "active") == "active" else []
 
 
 def remove_trigger_order(given: SuggestionInput) -> list[dict]:

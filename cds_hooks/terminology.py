@@ -38,6 +38,7 @@ class Drug:
 @dataclass(frozen=True)
 class Terminology:
     value_sets: dict[str, frozenset[tuple[str, str]]]  # value set id -> {(system, code)}
+    value_set_titles: dict[str, str]
     drug_classes: dict[str, dict]
     ingredients: dict[str, dict]
     products: dict[str, dict]  # RxNorm product code -> {ingredient, strength_mg, display}
@@ -57,6 +58,10 @@ class Terminology:
         for coding in codings:
             found |= self.value_sets_by_code.get((coding.get("system"), coding.get("code")), frozenset())
         return sorted(found)
+
+    def title_of(self, codings: list[dict]) -> str | None:
+        """A readable name for codings that carry no display: the title of a value set holding them."""
+        return next((self.value_set_titles[vs] for vs in self.value_sets_of(codings) if vs in self.value_set_titles), None)
 
     def drug_for(self, concept: dict | None) -> Drug | None:
         """Identify a medication CodeableConcept by RxNorm code, else by its display text."""
@@ -112,8 +117,10 @@ def _affirmed(text: str, phrase: str) -> bool:
 
 def load_terminology(rules_dir: Path) -> Terminology:
     drugs = _read_yaml(rules_dir / "drugs.yaml")
+    value_sets, titles = _load_value_sets(rules_dir / "valuesets")
     terminology = Terminology(
-        value_sets=_load_value_sets(rules_dir / "valuesets"),
+        value_sets=value_sets,
+        value_set_titles=titles,
         drug_classes=drugs["classes"],
         ingredients=drugs["ingredients"],
         products={str(code): spec for code, spec in drugs["products"].items()},
@@ -124,14 +131,18 @@ def load_terminology(rules_dir: Path) -> Terminology:
     return terminology
 
 
-def _load_value_sets(folder: Path) -> dict[str, frozenset[tuple[str, str]]]:
+def _load_value_sets(folder: Path) -> tuple[dict[str, frozenset[tuple[str, str]]], dict[str, str]]:
+    """Members and titles of every ValueSet in the folder."""
     value_sets: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    titles: dict[str, str] = {}
     for path in sorted(folder.glob("*.json")):
         try:
             resource = json.loads(path.read_text())
             if resource.get("resourceType") != "ValueSet" or not resource.get("id"):
                 raise TerminologyError("not a ValueSet resource with an id")
             members = value_sets[resource["id"]]
+            if resource.get("title"):
+                titles[resource["id"]] = resource["title"]
             for include in resource.get("compose", {}).get("include", []):
                 members.update((include["system"], c["code"]) for c in include.get("concept", []))
             members.update((c["system"], c["code"]) for c in resource.get("expansion", {}).get("contains", []))
@@ -139,7 +150,7 @@ def _load_value_sets(folder: Path) -> dict[str, frozenset[tuple[str, str]]]:
                 raise TerminologyError("no codes in compose.include[].concept or expansion.contains")
         except (json.JSONDecodeError, KeyError, TerminologyError) as exc:
             raise TerminologyError(f"{path}: {exc}") from exc
-    return {vs: frozenset(members) for vs, members in value_sets.items()}
+    return {vs: frozenset(members) for vs, members in value_sets.items()}, titles
 
 
 def _check_drug_table(terminology: Terminology, path: Path) -> None:

@@ -62,10 +62,13 @@ def rxnorm_of(resource: dict) -> str:
     (gabapentin(status="active", max_daily_mg=1000, current_daily_mg=1000), "310432"),  # between steps
 ], ids=["active-reduced", "active-at-a-step", "active-between"])
 def test_titrate_running_drug_moves_to_the_first_step_above_its_current_dose(trial, rxnorm):
-    """titrate-medication orders, for a running drug, the first step above its current dose."""
-    actions = build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS))
-    assert len(actions) == 1
-    resource = created(actions[0])
+    """For a running drug: stop its current order and order the first step above its current dose, in one suggestion."""
+    actions = build("titrate-medication", given({**trial, "current_source": "MedicationRequest/gaba-now"},
+                                                titration_steps=GABAPENTIN_STEPS))
+    assert len(actions) == 2
+    assert actions[0] == {"type": "delete", "resourceId": "MedicationRequest/gaba-now",
+                          "description": f"Stop the current gabapentin order ({trial['current_daily_mg']} mg/day)"}
+    resource = created(actions[1])
     assert rxnorm_of(resource) == rxnorm
     step = next(s for s in GABAPENTIN_STEPS["gabapentin"] if s["rxnorm"] == rxnorm)
     dosage = resource["dosageInstruction"][0]
@@ -84,6 +87,12 @@ def test_titrate_stopped_drug_restarts_at_the_first_step(max_daily_mg):
     assert dosage["text"] == "Restart: 300 mg by mouth 3 times daily (900 mg/day), then titrate toward ≥1800 mg/day as tolerated"
 
 
+def test_titrate_offers_nothing_when_the_running_order_is_not_a_request():
+    """A running drug known only from a MedicationStatement gets no one-click order: it could double the drug."""
+    trial = gabapentin(status="active", current_daily_mg=900, current_source="MedicationStatement/gaba-list")
+    assert build("titrate-medication", given(trial, titration_steps=GABAPENTIN_STEPS)) == []
+
+
 @pytest.mark.parametrize("trial", [
     gabapentin(status="active", max_daily_mg=2400, current_daily_mg=2400),
     gabapentin(status="active", max_daily_mg=3600, current_daily_mg=3600),
@@ -98,8 +107,9 @@ def test_titrate_offers_nothing_without_a_step_to_take(trial):
 def test_titrate_at_bedtime_step():
     """A step with `when: [HS]` creates a bedtime MedicationRequest."""
     steps = {"amitriptyline": [{"daily_mg": 25, "rxnorm": "856834", "dose_mg": 25, "times_per_day": 1, "when": ["HS"]}]}
-    trial = medication("MedicationStatement/ami", "amitriptyline", "tca", status="active", current_daily_mg=10)
-    resource = created(build("titrate-medication", given(trial, titration_steps=steps))[0])
+    trial = medication("MedicationStatement/ami", "amitriptyline", "tca", status="active", current_daily_mg=10,
+                       current_source="MedicationRequest/ami-now")
+    resource = created(build("titrate-medication", given(trial, titration_steps=steps))[1])
     dosage = resource["dosageInstruction"][0]
     assert dosage["timing"]["repeat"]["when"] == ["HS"]
     assert dosage["text"] == "25 mg by mouth at bedtime (25 mg/day)"
@@ -164,15 +174,20 @@ PARTNERS = {
 
 
 @pytest.mark.parametrize("subject, rxnorm", [
-    (gabapentin(), "596930"),
-    (medication("MedicationStatement/dlx", "duloxetine", "snri"), "310431"),
+    (gabapentin(status="active"), "596930"),
+    (medication("MedicationStatement/dlx", "duloxetine", "snri", status="active"), "310431"),
     ({"kind": "assessment", "id": "assessment:adequate-trial:x", "label": "adequate-trial", "subject": "x",
-      "ingredient": "venlafaxine", "drug_class": "snri"}, "310431"),
+      "ingredient": "venlafaxine", "drug_class": "snri", "status": "active"}, "310431"),
 ], ids=["gabapentinoid", "snri", "assessment-subject"])
 def test_order_for_subject_class_picks_by_drug_class(subject, rxnorm):
-    """order-for-subject-class orders what is listed for the subject's drug class."""
+    """order-for-subject-class orders what is listed for the running subject's drug class."""
     [action] = build("order-for-subject-class", given(subject, order=PARTNERS))
     assert rxnorm_of(created(action)) == rxnorm
+
+
+def test_order_for_subject_class_offers_nothing_to_add_to_a_stopped_drug():
+    """Adding a partner to a drug no longer taken would be a switch, not a combination: no suggestion."""
+    assert build("order-for-subject-class", given(gabapentin(status="stopped"), order=PARTNERS)) == []
 
 
 @pytest.mark.parametrize("subject", [medication("MedicationStatement/ami", "amitriptyline", "tca"),
@@ -270,9 +285,9 @@ def test_check_order_rejects_invalid_fhir():
 # --- the shipped combination card --------------------------------------------------------------------
 
 def test_combination_card_offers_the_partner_drug():
-    """After an adequate gabapentin trial, the combination card suggests duloxetine (partner of a gabapentinoid)."""
+    """After an adequate gabapentin trial still running, the combination card suggests adding duloxetine."""
     rules = [r for r in shipped_rules() if r.family in ("first-line-adequate-trial", "first-line-combination-not-tried")]
-    trial = gabapentin(max_daily_mg=2400, days_at_max=30, days_on_therapy=60)
+    trial = gabapentin(status="active", max_daily_mg=2400, days_at_max=30, days_on_therapy=60)
     findings = RulesEngine(rules).evaluate("order-select", FactSet([condition(), trial], [trigger()]))
     [finding] = [f for f in findings if f.rule.id == "first-line-combination-not-tried"]
     card = render_card(finding, PATIENT, TERMINOLOGY)
