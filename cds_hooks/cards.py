@@ -54,10 +54,8 @@ def render_card(finding: Finding, patient_id: str, terminology: Terminology) -> 
         card["overrideReasons"] = [r.model_dump() for r in spec.override_reasons]
     if spec.links:
         card["links"] = [{"label": link.label, "url": link.url, "type": "absolute"} for link in spec.links]
-    card["extension"] = {CARD_EXTENSION: {
-        "ruleId": rule.id, "ruleVersion": rule.version, "parameters": rule.parameters,
-        "facts": finding.bindings,
-    }}
+    why = {"ruleId": rule.id, "ruleVersion": rule.version, "parameters": rule.parameters, "facts": finding.bindings}
+    card["extension"] = {CARD_EXTENSION: {key: value for key, value in why.items() if value}}
     return card
 
 

@@ -170,6 +170,8 @@ def test_statement_repeating_a_request_is_not_double_counted():
     ("Ineffective, no side effects", "ineffective"),
     ("Not helping; denies dizziness or nausea", "ineffective"),
     ("No relief, then somnolence", "adverse-effect"),
+    ("Weight gain and ankle swelling", "adverse-effect"),
+    ("pt felt sleepy and foggy", "adverse-effect"),
     (None, "unknown"),
 ])
 def test_stop_reason_from_request_status_reason(reason, expected):

@@ -28,11 +28,25 @@ def test_the_corpus_is_not_empty():
     assert len(FIXTURES) >= 12
 
 
+def empty_values(value, path: str = "$") -> list[str]:
+    """Paths of every null, empty string, empty list or empty object, at any depth."""
+    if value is None or value in ("", [], {}):
+        return [path]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in empty_values(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in empty_values(item, f"{path}[{i}]")]
+    return []
+
+
 @pytest.mark.parametrize("case", FIXTURES, ids=lambda case: case.name)
 def test_fixture_cards(case, runtime):
-    """Expected rule ids fire exactly once each; forbidden ones never."""
+    """Expected rule ids fire exactly once each; forbidden ones never; no optional field is null or empty."""
     request = pipeline.parse_request(case.request, SERVICES[case.service_id])
-    fired = Counter(fired_rule_ids(pipeline.answer(runtime, request, case.as_of)))
+    response = pipeline.answer(runtime, request, case.as_of)
+    for card in response.model_dump(mode="json", exclude_none=True)["cards"]:
+        assert not empty_values(card), card["summary"]
+    fired = Counter(fired_rule_ids(response))
     assert {rule: fired[rule] for rule in case.expected} == {rule: 1 for rule in case.expected}
     assert not set(case.forbidden) & set(fired), f"forbidden cards fired: {set(case.forbidden) & set(fired)}"
 

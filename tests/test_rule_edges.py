@@ -48,14 +48,17 @@ def test_b12_card_and_b12_orders(runtime, order, fires):
     assert ("vitamin-b12-not-checked" in fired(runtime, request)) is fires
 
 
-@pytest.mark.parametrize("egfr, fires", [(75, True), (45, False)])
-def test_gabapentin_target_is_not_pushed_when_kidney_function_is_reduced(runtime, egfr, fires):
-    """Below eGFR 60 the gabapentin target (≥1800 mg/day) exceeds the renal maximum: no inadequate-trial card."""
+@pytest.mark.parametrize("egfr, taken, fires", [(75, "2026-10-20", True), (45, "2026-10-20", False),
+                                                (45, "2023-10-20", True)], ids=["normal", "reduced", "reduced-but-stale"])
+def test_gabapentin_target_is_not_pushed_when_kidney_function_is_reduced(runtime, egfr, taken, fires):
+    """Below eGFR 60 (within a year) the gabapentin target exceeds the renal maximum: no inadequate-trial card."""
     request = copy.deepcopy(HEADLINE.request)
-    request["prefetch"]["observations"]["entry"].append({"resource": {
+    labs = request["prefetch"]["observations"]
+    labs["entry"] = [e for e in labs["entry"] if e["resource"]["code"]["coding"][0]["code"] not in ("62238-1", "98979-8")]
+    labs["entry"].append({"resource": {
         "resourceType": "Observation", "id": "egfr-latest", "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "98979-8"}]},
-        "subject": {"reference": "Patient/np-pt-1001"}, "effectiveDateTime": "2026-10-20",
+        "subject": {"reference": "Patient/np-pt-1001"}, "effectiveDateTime": taken,
         "valueQuantity": {"value": egfr, "unit": "mL/min/{1.73_m2}"}}})
     assert ("first-line-inadequate-trial.gabapentin" in fired(runtime, request)) is fires
 
@@ -70,3 +73,18 @@ def test_plexus_mri_card_replaces_a_pelvis_mri_but_not_a_lumbar_spine_mri(runtim
     parsed = pipeline.parse_request(request, SERVICES[case.service_id])
     rule_ids = fired_rule_ids(pipeline.answer(runtime, parsed, case.as_of))
     assert ("plexopathy-mri-protocol" in rule_ids) is fires
+
+
+def test_a_first_line_drug_ordered_with_the_opioid_counts(runtime):
+    """An opioid signed together with a first-line drug is not 'an opioid with no first-line drug'."""
+    case = load_fixture(FIXTURES_DIR / "pnp-strong-opioid-no-first-line-hydrocodone")
+    request = copy.deepcopy(case.request)
+    parsed = pipeline.parse_request(request, SERVICES[case.service_id])
+    assert "strong-opioid-without-first-line-trial" in fired_rule_ids(pipeline.answer(runtime, parsed, case.as_of))
+    gabapentin = {"resourceType": "MedicationRequest", "id": "draft-gaba", "status": "draft", "intent": "order",
+                  "subject": request["context"]["draftOrders"]["entry"][0]["resource"]["subject"],
+                  "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                            "code": "310431"}]}}
+    request["context"]["draftOrders"]["entry"].append({"resource": gabapentin})
+    parsed = pipeline.parse_request(request, SERVICES[case.service_id])
+    assert "strong-opioid-without-first-line-trial" not in fired_rule_ids(pipeline.answer(runtime, parsed, case.as_of))
