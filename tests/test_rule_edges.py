@@ -63,9 +63,9 @@ def test_gabapentin_target_is_not_pushed_when_kidney_function_is_reduced(runtime
     assert ("first-line-inadequate-trial.gabapentin" in fired(runtime, request)) is fires
 
 
-@pytest.mark.parametrize("loinc, fires", [("30674-6", True), ("30679-5", False)])
-def test_plexus_mri_card_replaces_a_pelvis_mri_but_not_a_lumbar_spine_mri(runtime, loinc, fires):
-    """A pelvis MRI for plexopathy is replaced by the plexus study; a lumbar spine MRI (radiculopathy) is left alone."""
+@pytest.mark.parametrize("loinc, fires", [("30674-6", True), ("30679-5", True), ("30866-8", False)])
+def test_plexus_mri_card_replaces_pelvis_and_lumbar_spine_mri_not_the_plexus_study(runtime, loinc, fires):
+    """A pelvis or lumbar spine MRI for plexopathy is replaced by the plexus study; the plexus study itself is left alone."""
     case = load_fixture(FIXTURES_DIR / "plexopathy-order-select-mri-pelvis-standard-protocol")
     request = copy.deepcopy(case.request)
     for entry in request["context"]["draftOrders"]["entry"]:
