@@ -2,7 +2,8 @@
 
 Placeholders such as ``{trial.max_daily_mg}`` or ``{params.target_daily_mg}`` are filled
 with the facts that fired the rule (the first fact bound to each alias) and the rule's
-parameters; a field the record did not provide reads "unknown". The facts, the rule id,
+parameters; a field the record did not provide reads "unknown", and a ``[[...]]`` segment
+holding an unknown or zero value is left out. The facts, the rule id,
 version and parameters travel with the card in its ``extension`` so anyone can see why it
 fired. A card that cannot be rendered is dropped and logged; the other cards still answer.
 """
@@ -10,6 +11,7 @@ fired. A card that cannot be rendered is dropped and logged; the other cards sti
 from __future__ import annotations
 
 import logging
+import re
 import string
 import uuid
 from dataclasses import replace
@@ -98,8 +100,23 @@ class _FactView:
         return value
 
 
+_OPTIONAL = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
+
+
 def _fill(template: str, values: dict) -> str:
-    return string.Formatter().vformat(template, (), values)
+    """Fill the placeholders; a ``[[...]]`` segment is kept only when every value in it is known
+    and not zero, so "[[, {trial.days_at_max} days at max]]" disappears when that is unknown."""
+    def optional(match: re.Match) -> str:
+        inner = match.group(1)
+        names = [name for _, name, _, _ in string.Formatter().parse(inner) if name]
+        shown = all(_lookup(values, name) not in (None, "unknown", 0, "") for name in names)
+        return string.Formatter().vformat(inner, (), values) if shown else ""
+    return string.Formatter().vformat(_OPTIONAL.sub(optional, template), (), values)
+
+
+def _lookup(values: dict, name: str) -> Any:
+    root, _, attribute = name.partition(".")
+    return getattr(values[root], attribute)
 
 
 def _template_values(finding: Finding, text_limit: int | None = None) -> dict[str, _FactView]:

@@ -13,6 +13,7 @@ import uvicorn
 from cds_hooks import pipeline
 from cds_hooks.cards import CARD_EXTENSION
 from cds_hooks.fixtures import load_fixture
+from cds_hooks.engine import RulesEngine
 from cds_hooks.rulebook import RulePackError, load_rules
 from cds_hooks.runtime import load_runtime
 from cds_hooks.services import SERVICES
@@ -44,6 +45,7 @@ def validate(rules_dir: RulesDir = None, site_settings: SiteFile = None) -> None
     try:
         terminology = load_terminology(settings.rules_dir)
         rules = load_rules(settings.rules_dir / "packs", settings.site_settings_path, terminology)
+        RulesEngine(rules)  # durable_rules itself accepts every condition
     except (RulePackError, TerminologyError) as exc:
         typer.secho(f"invalid: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc

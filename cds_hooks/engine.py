@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from durable.engine import Host, MessageNotHandledException
 
 from cds_hooks.facts import END_OF_FACTS, FactSet
-from cds_hooks.rulebook import CompiledRule
+from cds_hooks.rulebook import CompiledRule, RulePackError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,10 @@ class RulesEngine:
                 definitions[name]["end-of-facts"] = {"all": [{"m": {"kind": END_OF_FACTS}}], "run": _ignore}
                 self._rulesets[step, hook] = name
         with _CORE_LOCK:
-            self._host = _SynchronousHost(definitions)
+            try:
+                self._host = _SynchronousHost(definitions)
+            except Exception as exc:
+                raise _rejected_rule(rules, exc) from exc
 
     def evaluate(self, hook: str, facts: FactSet) -> list[Finding]:
         """Run one hook's rules over one patient's facts: assessments, then cards."""
@@ -114,6 +117,16 @@ class RulesEngine:
             except Exception:
                 log.exception("rule %s failed while collecting its match", rule.id)
         return collect
+
+
+def _rejected_rule(rules: list[CompiledRule], error: Exception) -> RulePackError:
+    """Name the rule durable_rules refused (it only says "Could not create ruleset"), by trying each alone."""
+    for rule in rules:
+        try:
+            _SynchronousHost({f"check-{next(_ruleset_names)}": {"r": {"all": rule.condition, "run": _ignore}}})
+        except Exception as exc:
+            return RulePackError(f"{rule.source_file}: rule {rule.id}: durable_rules rejects its condition: {exc}")
+    return RulePackError(f"durable_rules rejects the rule set: {error}")
 
 
 def assessment_fact(finding: Finding) -> dict:

@@ -72,7 +72,11 @@ def _operator(field: str, op: str, operand: Any, scope: Scope) -> dict:
         values = _value(field, operand, scope, many=True)
         return {"$or": [{field: v} for v in values]}
     if op == "contains":
-        return {"$iany": {field: {"$i": _value(field, operand, scope)}}}
+        value = _value(field, operand, scope)
+        if isinstance(value, _Reference):
+            raise PatternError(f"{field}: 'contains' takes a value, not a reference ({operand!r}): durable_rules "
+                               "cannot compare list items with another fact")
+        return {"$iany": {field: {"$i": value}}}
     if op == "contains_any":
         return {"$or": [{"$iany": {field: {"$i": v}}} for v in _value(field, operand, scope, many=True)]}
     if op == "matches":

@@ -40,3 +40,15 @@ def test_a_failing_suggestion_costs_the_suggestion_not_the_card(monkeypatch, cap
         [card] = render_cards([capsaicin_finding()], "p1", TERMINOLOGY)
     assert card.suggestions is None and card.selectionBehavior is None
     assert "suggestion order could not be built" in caplog.text
+
+
+def test_optional_segments_drop_unknown_or_zero_values():
+    """A `[[...]]` template segment disappears when a value in it is unknown or zero, and stays otherwise."""
+    from cds_hooks.cards import _fill, _template_values
+    finding = capsaicin_finding()
+    finding.bindings["treated"][0].update(days_on_therapy=60)
+    values = _template_values(finding)
+    template = "gabapentin[[ for {treated.days_on_therapy} days]][[ at {treated.max_daily_mg} mg/day]][[, {params.capsaicin_patch_codes}]]"
+    assert _fill(template, values) == "gabapentin for 60 days, 1039679"
+    finding.bindings["treated"][0].update(days_on_therapy=0)
+    assert _fill(template, _template_values(finding)) == "gabapentin, 1039679"

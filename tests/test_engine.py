@@ -12,6 +12,7 @@ from durable.engine import Host, MessageNotHandledException
 from cds_hooks.cards import render_cards
 from cds_hooks.engine import RulesEngine
 from cds_hooks.facts import FactSet
+from cds_hooks.rulebook import RulePackError
 from cds_hooks.terminology import load_terminology
 from rule_factories import (GABAPENTIN, NOT_TOLERATED, RULES, condition, copy_rules, engine_survives_no_match,
                             first_line_rules, gabapentin, load_dir, medication, snri_pack, trigger, write_yaml)
@@ -206,3 +207,13 @@ def test_not_tolerated_ignores_first_line_drugs_of_the_same_class(engine):
     pregabalin = medication("MedicationStatement/pgb", "pregabalin", "gabapentinoid", stop_reason="adverse-effect")
     facts = FactSet([condition(), gabapentin(), pregabalin], [trigger()])
     assert ids(engine.evaluate("order-select", facts)) == [GABAPENTIN, NOT_TOLERATED]
+
+
+def test_a_condition_durable_rules_rejects_is_named_at_start_up():
+    """When the C core refuses a compiled condition, start-up fails naming that rule and its pack file."""
+    good = first_line_rules()
+    bad = dataclasses.replace(good[0], id="broken-rule",
+                              condition=[{"m": {"$iany": {"value_sets": {"$i": {"trial": "drug_class"}}}}}])
+    with pytest.raises(RulePackError) as error:
+        RulesEngine([*good[1:], bad])
+    assert str(error.value).startswith(f"{bad.source_file}: rule broken-rule: durable_rules rejects its condition")

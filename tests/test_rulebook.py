@@ -242,14 +242,15 @@ ADEQUATE_GABAPENTIN = "first-line-adequate-trial.gabapentin"
 
 
 def test_site_variant_set_override_reaches_every_rule_of_the_set(rules_dir):
-    """A site variant_sets override changes that variant in both rules sharing the set, and nothing else."""
+    """A site variant_sets override changes that variant in every rule sharing the set, and nothing else."""
     before = by_id(load_dir(rules_dir))
     write_yaml(rules_dir / "site.yaml", {"variant_sets": {"first-line-trial": {"gabapentin": {"target_daily_mg": 2400}}}})
     after = by_id(load_dir(rules_dir))
-    changed = {GABAPENTIN, ADEQUATE_GABAPENTIN}
+    changed = {GABAPENTIN, ADEQUATE_GABAPENTIN, "first-line-trial-in-progress.gabapentin"}
     for rule_id in changed:
         assert before[rule_id].parameters["target_daily_mg"] == 1800
         assert after[rule_id].parameters == {**before[rule_id].parameters, "target_daily_mg": 2400}
+    for rule_id in (GABAPENTIN, ADEQUATE_GABAPENTIN):  # the ones whose clauses compare with the target
         assert "2400" in str(after[rule_id].condition) and "1800" not in str(after[rule_id].condition)
     assert set(after) == set(before)
     assert {i: (r.parameters, r.condition) for i, r in after.items() if i not in changed} == \
