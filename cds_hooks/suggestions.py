@@ -14,8 +14,11 @@ draft order to remove), and the suggestion is then left out.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from fhir.resources.R4B.medicationrequest import MedicationRequest
@@ -115,14 +118,30 @@ def check_order(order_spec: dict, terminology: Terminology) -> None:
 
 
 def _create(spec: dict, given: SuggestionInput) -> dict:
-    if "rxnorm" in spec:
-        resource = _medication_request(spec, given)
-        MedicationRequest.model_validate(resource)  # raises on an invalid resource: no card beats a bad order
-    else:
-        resource = _service_request(spec, given)
-        ServiceRequest.model_validate(resource)
+    resource = _medication_request(spec, given) if "rxnorm" in spec else _service_request(spec, given)
+    _validate(resource)  # raises on an invalid resource: no card beats a bad order
     what = resource.get("medicationCodeableConcept", resource.get("code"))["text"]
     return {"type": "create", "description": f"Order {what}", "resource": resource}
+
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_MODELS = {"MedicationRequest": MedicationRequest, "ServiceRequest": ServiceRequest}
+
+
+def _validate(resource: dict) -> None:
+    """Validate a suggested resource with the R4B models. Orders differ between patients only
+    by the subject reference, so the rest is validated once per distinct order and the
+    patient id is checked against the FHIR id syntax."""
+    patient_id = resource["subject"]["reference"].removeprefix("Patient/")
+    if not _FHIR_ID.match(patient_id):
+        raise ValueError(f"patient id {patient_id!r} is not a FHIR id")
+    _validate_order(json.dumps({**resource, "subject": {"reference": "Patient/placeholder"}}, sort_keys=True))
+
+
+@lru_cache(maxsize=1024)
+def _validate_order(resource_json: str) -> None:
+    resource = json.loads(resource_json)
+    _MODELS[resource["resourceType"]].model_validate(resource)
 
 
 def _medication_request(spec: dict, given: SuggestionInput) -> dict:

@@ -293,3 +293,20 @@ def test_combination_card_offers_the_partner_drug():
     card = render_card(finding, PATIENT, TERMINOLOGY)
     creates = [a for s in card.get("suggestions", []) for a in s["actions"] if a["type"] == "create"]
     assert [rxnorm_of(created(a)) for a in creates] == ["596930"]
+
+
+def test_an_order_for_a_patient_id_that_is_not_a_fhir_id_is_refused():
+    """Suggested resources are validated per call: a malformed patient id is refused, not sent."""
+    spec = {"rxnorm": "596930", "dose_mg": 30, "times_per_day": 1}
+    bad = SuggestionInput(subject={}, triggers=[], parameters={}, patient_id="not a valid id!", terminology=TERMINOLOGY,
+                          order=spec)
+    with pytest.raises(ValueError, match="not a FHIR id"):
+        build("order", bad)
+
+
+def test_an_invalid_order_is_refused_every_time():
+    """An order the R4B models reject is refused on every call, not only the first (validation is cached by content)."""
+    spec = {"rxnorm": "596930", "dose_mg": "thirty", "times_per_day": 1}
+    for _ in range(2):
+        with pytest.raises(Exception):
+            build("order", given(order=spec))
