@@ -5,7 +5,8 @@ carry, and rule packs are checked against it at load time. A field that cannot b
 absent (never null and never guessed), so a comparison on it does not match.
 
 Context facts describe the patient's record, plus every draft order of this call
-(``draft_order``, selected or not); trigger facts are what the clinician is acting on: the selected draft orders (order-select), all draft orders (order-sign) or the active
+(``draft_order``, selected or not). Trigger facts are what the clinician is acting on: the
+selected draft orders (order-select), all draft orders (order-sign) or the active
 medication orders (patient-view), plus one trigger for the hook itself (origin "hook"), for
 rules that fire on opening the chart. The engine asserts triggers after the context.
 """
