@@ -154,17 +154,20 @@ def _event_facts(kind: str, resources: list[dict], terminology: Terminology, as_
     return read_each(resources, read)
 
 
+def _draft_resources(context: dict) -> list:
+    """The resources of the call's draft orders (none for patient-view)."""
+    return [entry.get("resource") for entry in (context.get("draftOrders") or {}).get("entry", [])]
+
+
 def _draft_service_requests(context: dict) -> list[dict]:
     """ServiceRequests drafted in this call also count as ordered (an EMG signed with the MRI)."""
-    entries = (context.get("draftOrders") or {}).get("entry", [])
-    return [e["resource"] for e in entries
-            if isinstance(e.get("resource"), dict) and e["resource"].get("resourceType") == "ServiceRequest"]
+    return [r for r in _draft_resources(context) if isinstance(r, dict) and r.get("resourceType") == "ServiceRequest"]
 
 
 def _draft_orders(context: dict, medications: dict[str, dict], terminology: Terminology) -> list[dict]:
     """Every draft order of the call, as trigger facts."""
-    resources = [entry.get("resource") for entry in (context.get("draftOrders") or {}).get("entry", [])]
-    return read_each(resources, lambda resource: _trigger_fact(resource, "draft", medications, terminology))
+    return read_each(_draft_resources(context),
+                     lambda resource: _trigger_fact(resource, "draft", medications, terminology))
 
 
 def _triggers(hook: str, context: dict, records: dict[str, list[dict]], drafts: list[dict],
